@@ -1,0 +1,17 @@
+"""Stage 3: target-neutral rules, and the reference ``decide`` every target is tested against."""
+
+from meshgen.policy.compile import compile_policy
+from meshgen.policy.decide import Decision, Identity, Request, decide
+from meshgen.policy.model import ClientIdentity, HttpGrant, Policy, PolicyRule
+
+__all__ = [
+    "ClientIdentity",
+    "Decision",
+    "HttpGrant",
+    "Identity",
+    "Policy",
+    "PolicyRule",
+    "Request",
+    "compile_policy",
+    "decide",
+]

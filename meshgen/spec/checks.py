@@ -1,0 +1,146 @@
+"""Rules of the spec format that relate several fields, reported at the exact spec location."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from meshgen.catalog import load_catalog
+from meshgen.errors import SpecError
+from meshgen.spec.model import Client, EnvRef, Rule, Spec
+from meshgen.spec.source import SourceDocument
+
+
+def check_spec(spec: Spec, doc: SourceDocument) -> None:
+    for name, client in spec.clients.items():
+        _check_client(name, client, spec, doc)
+    _check_port_overrides(spec, doc)
+    for index, rule in enumerate(spec.rules):
+        _check_rule(index, rule, spec, doc)
+
+
+def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) -> None:
+    here = doc.location_of(("clients", name))
+    if not (client.principals or client.namespaces or client.ip_blocks or client.headers):
+        raise SpecError(
+            f"client {name!r} has no identity: give it principals, namespaces, ipBlocks or headers", here
+        )
+    if spec.mtls.mode == "DISABLE" and (client.principals or client.namespaces):
+        raise SpecError(
+            f"client {name!r} is identified by mTLS principals/namespaces but mtls.mode is DISABLE, "
+            "so it could never match; enable mTLS or identify it otherwise",
+            here,
+        )
+    seen: set[str] = set()
+    for header in client.headers or {}:
+        if header.lower() in seen:
+            raise SpecError(
+                f"client {name!r} lists header {header!r} twice (header names are case-insensitive)",
+                doc.location_of(("clients", name, "headers", header)),
+            )
+        seen.add(header.lower())
+
+
+def _check_port_overrides(spec: Spec, doc: SourceDocument) -> None:
+    ports = spec.workload.ports
+    known = {"http", "grpc", "metrics", ports.http, ports.grpc, ports.metrics}
+    numbers: dict[int, str | int] = {}
+    for key in spec.mtls.port_overrides:
+        here = doc.location_of(("mtls", "portOverrides", key))
+        if key not in known:
+            raise SpecError(
+                f"mtls.portOverrides: {key!r} is not one of the workload's ports "
+                f"(http={ports.http}, grpc={ports.grpc}, metrics={ports.metrics})",
+                here,
+            )
+        number = ports.by_name(key) if isinstance(key, str) else key
+        if number in numbers:
+            raise SpecError(f"mtls.portOverrides: {key!r} and {numbers[number]!r} name the same port", here)
+        numbers[number] = key
+
+
+def _check_rule(index: int, rule: Rule, spec: Spec, doc: SourceDocument) -> None:
+    path = ("rules", index)
+    here = doc.location_of(path)
+    if (rule.allow is None) == (rule.deny is None):
+        raise SpecError(f"rules[{index}] must have exactly one of 'allow' or 'deny'", here)
+    key = rule.action
+    categories = rule.categories
+    for position, category in enumerate(categories):
+        if categories.index(category) != position:
+            raise SpecError(f"rules[{index}] lists {category!r} twice", doc.location_of((*path, key, position)))
+    if isinstance(rule.from_, list):
+        if not rule.from_:
+            raise SpecError(
+                f"rules[{index}].from is empty, so the rule applies to nobody; "
+                "list clients or write 'from: anyone'",
+                doc.location_of((*path, "from")),
+            )
+        for position, client in enumerate(rule.from_):
+            where = doc.location_of((*path, "from", position))
+            if client not in spec.clients:
+                known = ", ".join(sorted(spec.clients)) or "none defined"
+                raise SpecError(f"rules[{index}].from: unknown client {client!r} (clients: {known})", where)
+            if rule.from_.index(client) != position:
+                raise SpecError(f"rules[{index}].from lists {client!r} twice", where)
+    _check_models(index, rule, doc)
+
+
+def _check_models(index: int, rule: Rule, doc: SourceDocument) -> None:
+    path = ("rules", index)
+    if rule.models is None:
+        if rule.grpc_all_models:
+            raise SpecError(
+                f"rules[{index}].grpcAllModels only applies to a rule with 'models'",
+                doc.location_of((*path, "grpcAllModels")),
+            )
+        return
+    if rule.grpc_all_models and rule.action == "deny":
+        raise SpecError(
+            f"rules[{index}].grpcAllModels only applies to allow rules "
+            "(a deny rule with models already denies gRPC for every model)",
+            doc.location_of((*path, "grpcAllModels")),
+        )
+    for position, model in enumerate(rule.models):
+        if rule.models.index(model) != position:
+            raise SpecError(f"rules[{index}].models lists {model!r} twice", doc.location_of((*path, "models", position)))
+    catalog = load_catalog()
+    for position, category in enumerate(rule.categories):
+        if not catalog.has_model_scoped(category):
+            raise SpecError(
+                f"rules[{index}]: category {category!r} has no model-scoped endpoints, so 'models' "
+                "cannot apply to it; put it in a rule without 'models'",
+                doc.location_of((*path, rule.action, position)),
+            )
+
+
+def resolve_header_values(spec: Spec, doc: SourceDocument, environ: Mapping[str, str] | None = None) -> Spec:
+    """Replace ``{env: NAME}`` header values by the variable's value, read now (generation time)."""
+    env = os.environ if environ is None else environ
+    clients: dict[str, Client] = {}
+    for name, client in spec.clients.items():
+        if not client.headers or not any(isinstance(v, EnvRef) for v in client.headers.values()):
+            clients[name] = client
+            continue
+        headers: dict[str, str | EnvRef] = {}
+        for header, value in client.headers.items():
+            if isinstance(value, EnvRef):
+                here = doc.location_of(("clients", name, "headers", header))
+                resolved = env.get(value.env, "")
+                if not resolved:
+                    raise SpecError(
+                        f"client {name!r} header {header!r}: environment variable {value.env} is not set or empty",
+                        here,
+                    )
+                try:
+                    headers[header] = Client.model_validate({"headers": {header: resolved}}).headers[header]  # type: ignore[index]
+                except ValueError:
+                    raise SpecError(
+                        f"client {name!r} header {header!r}: the value of {value.env} is not a valid header value "
+                        "(visible ASCII, no control characters or surrounding whitespace)",
+                        here,
+                    ) from None
+            else:
+                headers[header] = value
+        clients[name] = client.model_copy(update={"headers": headers})
+    return spec.model_copy(update={"clients": clients})

@@ -1,0 +1,215 @@
+"""The deployment spec, format ``meshgen/v1`` (documented in docs/spec.md).
+
+Field-level rules live here as types; rules that relate fields (a rule naming an unknown client,
+``models`` on a category without model-scoped endpoints) live in ``meshgen.spec.checks`` so their
+errors can point at the exact spec line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Category = Literal[
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+    "metrics",
+]
+PortName = Literal["http", "grpc", "metrics"]
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+
+# Suffixes such as "-allow" must still fit a 63-character DNS-1123 label.
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MODEL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+CLIENT_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+HEADER_NAME = r"^[A-Za-z0-9-]+$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PRINCIPAL = re.compile(
+    r"^(?P<trust_domain>[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)"
+    r"/ns/(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"/sa/(?P<service_account>[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"
+)
+# Visible ASCII with single inner spaces: HTTP trims surrounding whitespace, so it could never match.
+HEADER_VALUE = re.compile(r"^[\x21-\x7e]+( [\x21-\x7e]+)*$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                       r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+RESERVED_MODEL_NAMES = frozenset({"stats"})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_principal(value: str) -> str:
+    if value.startswith("spiffe://"):
+        raise ValueError(
+            f"principal {value!r} must be in Istio form without the scheme: "
+            f"{value.removeprefix('spiffe://')!r}"
+        )
+    if not PRINCIPAL.match(value):
+        raise ValueError(f"principal {value!r} must look like '<trust-domain>/ns/<namespace>/sa/<service-account>'")
+    return value
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid IP block {value!r}: {exc}") from None
+    return str(network) if "/" in value else value
+
+
+def _check_header_value(value: str) -> str:
+    if len(value) > 4096 or not HEADER_VALUE.match(value):
+        raise ValueError(
+            "header values must be 1-4096 visible ASCII characters (single inner spaces allowed), "
+            "without control characters or surrounding whitespace"
+        )
+    return value
+
+
+def _check_model(value: str) -> str:
+    if value in RESERVED_MODEL_NAMES:
+        raise ValueError(
+            f"model name {value!r} collides with Triton's /v2/models/{value} route and cannot be granted per model"
+        )
+    return value
+
+
+Name = Annotated[str, StringConstraints(pattern=DNS1123_LABEL, max_length=57)]
+Namespace = Annotated[str, StringConstraints(pattern=DNS1123_LABEL, max_length=63)]
+ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME, max_length=63)]
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME, max_length=200), AfterValidator(_check_model)]
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME, max_length=256)]
+Principal = Annotated[str, AfterValidator(_check_principal)]
+IpBlock = Annotated[str, AfterValidator(_check_cidr)]
+HeaderLiteral = Annotated[str, AfterValidator(_check_header_value)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Metadata(Strict):
+    name: Name
+    namespace: Namespace
+
+
+class Ports(Strict):
+    http: Port = 8000
+    grpc: Port = 8001
+    metrics: Port = 8002
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, metrics: int, info: object) -> int:
+        data = getattr(info, "data", {})
+        if metrics in (data.get("http"), data.get("grpc")) or (
+            data.get("http") is not None and data.get("http") == data.get("grpc")
+        ):
+            raise ValueError("http, grpc and metrics ports must differ")
+        return metrics
+
+    def by_name(self, name: PortName) -> int:
+        port: int = getattr(self, name)
+        return port
+
+
+class Workload(Strict):
+    selector: dict[str, str]
+    ports: Ports = Ports()
+
+    @field_validator("selector")
+    @classmethod
+    def _labels(cls, selector: dict[str, str]) -> dict[str, str]:
+        if not selector:
+            raise ValueError("selector needs at least one label: an empty selector would select every workload")
+        for key, value in selector.items():
+            if not LABEL_KEY.match(key) or len(key) > 317:
+                raise ValueError(f"invalid label key {key!r}")
+            if not LABEL_VALUE.match(value):
+                raise ValueError(f"invalid label value {value!r} for {key!r}")
+        return selector
+
+
+class Mtls(Strict):
+    mode: MtlsMode = "STRICT"
+    port_overrides: dict[PortName | Port, MtlsMode] = Field(default_factory=dict, alias="portOverrides")
+
+
+class EnvRef(Strict):
+    env: Annotated[str, StringConstraints(pattern=ENV_NAME)]
+
+
+class Client(Strict):
+    principals: list[Principal] | None = Field(default=None, min_length=1)
+    namespaces: list[Namespace] | None = Field(default=None, min_length=1)
+    ip_blocks: list[IpBlock] | None = Field(default=None, min_length=1, alias="ipBlocks")
+    headers: dict[HeaderName, HeaderLiteral | EnvRef] | None = Field(default=None, min_length=1)
+
+
+class Rule(Strict):
+    allow: list[Category] | None = Field(default=None, min_length=1)
+    deny: list[Category] | None = Field(default=None, min_length=1)
+    from_: Literal["anyone"] | list[ClientName] = Field(alias="from")
+    models: list[ModelName] | None = Field(default=None, min_length=1)
+    grpc_all_models: bool = Field(default=False, alias="grpcAllModels")
+
+    @property
+    def action(self) -> Literal["allow", "deny"]:
+        return "allow" if self.allow is not None else "deny"
+
+    @property
+    def categories(self) -> tuple[Category, ...]:
+        return tuple(self.allow if self.allow is not None else self.deny or ())
+
+
+class Tls(Strict):
+    cert: str
+    key: str
+    client_ca: str = Field(alias="clientCA")
+
+
+ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$")
+
+
+def check_address(value: str) -> str:
+    """``host:port`` (IPv6 in brackets); the only form the proxies' configs get."""
+    match = ADDRESS.match(value)
+    if not match or not 1 <= int(match.group("port")) <= 65535:
+        raise ValueError(f"address {value!r} must be host:port (IPv6 as [addr]:port), port 1-65535")
+    return value
+
+
+Address = Annotated[str, AfterValidator(check_address)]
+
+
+class Addresses(Strict):
+    http: Address | None = None
+    grpc: Address | None = None
+    metrics: Address | None = None
+
+
+class Standalone(Strict):
+    listen: Addresses = Addresses()
+    upstream: Addresses = Addresses()
+    tls: Tls | None = None
+
+
+class Spec(Strict):
+    api_version: Literal["meshgen/v1"] = Field(alias="apiVersion")
+    kind: Literal["TritonAccessPolicy"]
+    metadata: Metadata
+    workload: Workload
+    mtls: Mtls = Mtls()
+    clients: dict[ClientName, Client] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+    standalone: Standalone | None = None
