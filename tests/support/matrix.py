@@ -119,3 +119,30 @@ def full_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> Iterator[tuple[st
             yield f"{label} as {person.label}", Request(
                 request.protocol, request.method, request.path, person.identity
             )
+
+
+LOOPBACK_OUTSIDER_IP = "127.0.250.10"
+
+
+def loopback_variant(spec: Spec) -> Spec:
+    """The spec with every ipBlock moved onto 127.0.0.0/8, so a real proxy on this machine can be
+    reached from each client's addresses (distinct 127.0.x.y sources) and from just outside them.
+
+    Block i becomes 127.0.(2i+1).0/24 (a /32 stays a /32 at .5); the even third octets stay free, so
+    "just outside" a block is never inside another one.
+    """
+    mapping: dict[str, str] = {}
+    for client in spec.clients.values():
+        for block in client.ip_blocks or ():
+            if block not in mapping:
+                octet = 2 * len(mapping) + 1
+                if octet > 249:
+                    raise ValueError("too many ipBlocks for the loopback variant")
+                single = ipaddress.ip_network(block, strict=False).num_addresses == 1
+                mapping[block] = f"127.0.{octet}.5/32" if single else f"127.0.{octet}.0/24"
+    clients = {
+        name: client.model_copy(update={"ip_blocks": [mapping[b] for b in client.ip_blocks]})
+        if client.ip_blocks else client
+        for name, client in spec.clients.items()
+    }
+    return spec.model_copy(update={"clients": clients})
