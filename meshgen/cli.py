@@ -147,6 +147,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as error:  # noqa: BLE001 - a bug must still not dump a traceback on users
+    except Exception as error:
         typer.echo(f"meshgen: internal error, please report it: {type(error).__name__}: {error}", err=True)
         sys.exit(EXIT_INTERNAL)

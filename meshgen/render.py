@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -31,14 +30,22 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     the next line, so templates write ``key: {{ value | yaml(2) }}`` at any depth.
     """
     if isinstance(value, dict | list) and value:
-        text = yaml.dump(value, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                         allow_unicode=False, width=_WIDTH, indent=2)
+        text = yaml.dump(
+            value,
+            Dumper=_Dumper,
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=False,
+            width=_WIDTH,
+            indent=2,
+        )
         pad = " " * (indent + 2)
         return "\n" + "".join(pad + line + "\n" for line in text.splitlines()).rstrip("\n")
     # Double quotes keep control characters escaped on one line wherever the token is placed.
     style = '"' if isinstance(value, str) and not value.isprintable() else None
-    text = yaml.dump([value], Dumper=_Dumper, default_flow_style=True, allow_unicode=False, width=_WIDTH,
-                     default_style=style)
+    text = yaml.dump(
+        [value], Dumper=_Dumper, default_flow_style=True, allow_unicode=False, width=_WIDTH, default_style=style
+    )
     return text.strip()[1:-1]
 
 

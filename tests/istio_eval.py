@@ -142,6 +142,9 @@ def _check_header_names(headers: Mapping[str, str]) -> None:
         if lowered.startswith(":") and lowered != ":authority":
             raise ValueError(f"pseudo-header {name!r} is derived from the request fields; do not set it")
         seen.add(lowered)
+    # Envoy folds Host into :authority, so giving both is the same header twice.
+    if {"host", ":authority"} <= seen:
+        raise ValueError("give either Host or :authority, not both")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -430,7 +433,7 @@ def _check_ip(value: str, where: str) -> None:
 
 def _check_port(value: str, where: str) -> None:
     # istio ValidatePorts: an unsigned decimal <= 65535, no wildcards.
-    if not value.isdigit() or int(value) > 65535:
+    if re.fullmatch(r"[0-9]+", value) is None or int(value) > 65535:
         raise InvalidPolicyError(f"{where}: bad port {value!r} (ports are exact decimal strings)")
 
 
@@ -443,6 +446,9 @@ def _check_service_account(value: str, where: str) -> None:
 def _check_path(value: str, where: str) -> None:
     """Istio's CheckValidPathTemplate plus Envoy's requirement that a template is absolute."""
     if not _is_path_template(value):
+        # Even without a template, `{`/`}` anywhere is rejected ("beyond a supported path template").
+        if "{" in value or "}" in value:
+            raise InvalidPolicyError(f"{where}: '{{' or '}}' outside a {{*}}/{{**}} template in {value!r}")
         return
     if not value.startswith("/"):
         raise InvalidPolicyError(f"{where}: path template must start with '/': {value!r}")
@@ -474,8 +480,6 @@ def _validate_fields(clause: Mapping[str, Any], table: Mapping[str, ValueMatcher
     non_empty = False
     for key, raw in clause.items():
         base, _ = _split_negation(key)
-        if key in _UNMODELLED_SOURCE_FIELDS:
-            raise UnsupportedPolicyError(f"{where}.{key} is valid Istio but not modelled by this evaluator")
         if base not in table:
             raise InvalidPolicyError(f"{where}: unknown field {key!r}")
         values = _strings(raw, f"{where}.{key}")
@@ -487,6 +491,9 @@ def _validate_fields(clause: Mapping[str, Any], table: Mapping[str, ValueMatcher
 
 
 def _validate_source(source: Mapping[str, Any], where: str) -> None:
+    unmodelled = sorted(_UNMODELLED_SOURCE_FIELDS & source.keys())
+    if unmodelled:
+        raise UnsupportedPolicyError(f"{where}: {unmodelled} are valid Istio but not modelled here")
     _validate_fields(source, _SOURCE_FIELDS, where)
     # CRD CEL rule: serviceAccounts cannot be combined with principals or namespaces.
     accounts = {"serviceAccounts", "notServiceAccounts"} & source.keys()

@@ -66,11 +66,11 @@ def req(**overrides: Any) -> IstioRequest:
     return IstioRequest(**fields)
 
 
-def to(**operation: list[str]) -> dict[str, Any]:
+def to(**operation: list[Any]) -> dict[str, Any]:
     return {"to": [{"operation": operation}]}
 
 
-def frm(**source: list[str]) -> dict[str, Any]:
+def frm(**source: list[Any]) -> dict[str, Any]:
     return {"from": [{"source": source}]}
 
 
@@ -110,7 +110,11 @@ STRING_CASES = [
     (frm(principals=["*/sa/other"]), {"principal": CLIENT}, False),
     (frm(principals=["*"]), {"principal": CLIENT}, True),
     (frm(principals=["*"]), {}, False),  # presence needs an mTLS identity
-    (to(hosts=["triton.triton.svc.cluster.local"]), {"headers": {"Host": "TRITON.triton.svc.cluster.local"}}, True),
+    (
+        to(hosts=["triton.triton.svc.cluster.local"]),
+        {"headers": {"Host": "TRITON.triton.svc.cluster.local"}},
+        True,
+    ),
     (to(hosts=["triton.*"]), {"headers": {":authority": "Triton.triton:8000"}}, True),
     (to(hosts=["*:8000"]), {"headers": {"host": "triton:8000"}}, True),
     (to(hosts=["triton"]), {"headers": {"host": "triton:8000"}}, False),  # port is part of the Host value
@@ -413,7 +417,11 @@ COMPOSITION_CASES = [
         {"principal": CLIENT},
         True,
     ),
-    (frm(principals=[CLIENT], ipBlocks=["10.0.0.0/8"]), {"principal": CLIENT, "source_ip": "11.0.0.1"}, False),
+    (
+        frm(principals=[CLIENT], ipBlocks=["10.0.0.0/8"]),
+        {"principal": CLIENT, "source_ip": "11.0.0.1"},
+        False,
+    ),
     (
         {
             "when": [
@@ -434,7 +442,7 @@ COMPOSITION_CASES = [
         {"headers": {"A": "1", "B": "2"}},
         True,
     ),
-    (to(paths=[]), {}, True),  # an empty list is the same as an absent field
+    (to(paths=[], methods=["GET"]), {}, True),  # an empty list is the same as an absent field
 ]
 
 
@@ -450,6 +458,7 @@ def test_rule_composition(rule: dict[str, Any], overrides: dict[str, Any], expec
         {"to": []},
         {"from": [{"source": {}}]},
         {"to": [{"operation": {}}]},
+        {"to": [{"operation": {"paths": []}}]},  # only empty lists = empty operation
         {"to": [{"operation": {"path": ["/x"]}}]},  # typo'd field name
         {"from": [{"source": {"principals": [""]}}]},
         {"from": [{"source": {"serviceAccounts": ["a/b"], "namespaces": ["c"]}}]},
@@ -490,7 +499,12 @@ DECISION_CASES = [
     ("DENY not matching, no ALLOW -> allow", [DENY_CLIENTS], {"principal": "td/ns/other/sa/x"}, True),
     ("DENY before ALLOW", [ALLOW_HEALTH, DENY_CLIENTS], {"principal": CLIENT}, False),
     ("DENY miss, then ALLOW", [ALLOW_HEALTH, DENY_CLIENTS], {"principal": "td/ns/other/sa/x"}, True),
-    ("any ALLOW suffices", [ALLOW_HEALTH, ap([to(methods=["POST"])])], {"method": "POST", "path": "/x"}, True),
+    (
+        "any ALLOW suffices",
+        [ALLOW_HEALTH, ap([to(methods=["POST"])])],
+        {"method": "POST", "path": "/x"},
+        True,
+    ),
     ("AUDIT alone never denies", [ap([{}], action="AUDIT")], {}, True),
     ("AUDIT does not count as ALLOW", [ap([{}], action="AUDIT"), ALLOW_HEALTH], {"path": "/x"}, False),
     (
@@ -517,8 +531,12 @@ DECISION_CASES = [
         {},
         True,
     ),
-    ("gRPC: POST + /package.Service/Method", [ap([to(methods=["POST"], paths=["/inference.GRPCInferenceService/*"])])],
-     {"method": "POST", "path": "/inference.GRPCInferenceService/ModelInfer"}, True),
+    (
+        "gRPC: POST + /package.Service/Method",
+        [ap([to(methods=["POST"], paths=["/inference.GRPCInferenceService/*"])])],
+        {"method": "POST", "path": "/inference.GRPCInferenceService/ModelInfer"},
+        True,
+    ),
 ]
 
 
@@ -577,14 +595,34 @@ APPLIES_CASES = [
     ("same namespace, no selector", ap([{}]), TRITON, True),
     ("other namespace", ap([{}], namespace="other"), TRITON, False),
     ("root namespace, no selector = mesh-wide", ap([{}], namespace="istio-system"), TRITON, True),
-    ("root namespace with selector", ap([{}], namespace="istio-system", selector={"app": "triton"}), TRITON, True),
-    ("root namespace selector miss", ap([{}], namespace="istio-system", selector={"app": "x"}), TRITON, False),
+    (
+        "root namespace with selector",
+        ap([{}], namespace="istio-system", selector={"app": "triton"}),
+        TRITON,
+        True,
+    ),
+    (
+        "root namespace selector miss",
+        ap([{}], namespace="istio-system", selector={"app": "x"}),
+        TRITON,
+        False,
+    ),
     ("selector subset", ap([{}], selector={"app": "triton"}), TRITON, True),
     ("selector all labels", ap([{}], selector={"app": "triton", "version": "v1"}), TRITON, True),
     ("selector value differs", ap([{}], selector={"app": "triton", "version": "v2"}), TRITON, False),
     ("selector extra label", ap([{}], selector={"app": "triton", "tier": "gpu"}), TRITON, False),
-    ("empty matchLabels", {**ap([{}]), "spec": {"selector": {"matchLabels": {}}, "rules": [{}]}}, TRITON, True),
-    ("targetRefs ignored on sidecars", ap([{}], targetRefs=[{"kind": "Gateway", "name": "gw"}]), TRITON, False),
+    (
+        "empty matchLabels",
+        {**ap([{}]), "spec": {"selector": {"matchLabels": {}}, "rules": [{}]}},
+        TRITON,
+        True,
+    ),
+    (
+        "targetRefs ignored on sidecars",
+        ap([{}], targetRefs=[{"kind": "Gateway", "name": "gw"}]),
+        TRITON,
+        False,
+    ),
     ("legacy targetRef ignored", ap([{}], targetRef={"kind": "Service", "name": "triton"}), TRITON, False),
 ]
 
@@ -626,6 +664,7 @@ def test_selector_scopes_the_decision() -> None:
         {"port": 0},
         {"headers": {"X-A": "1", "x-a": "2"}},
         {"headers": {":path": "/other"}},
+        {"headers": {"Host": "a", ":authority": "b"}},
     ],
 )
 def test_bad_requests_raise(overrides: dict[str, Any]) -> None:
@@ -661,7 +700,12 @@ EXAMPLE_CASES = [
     ("http-multiple-policies-in.yaml", OTHER_IN_FOO, req(port=90), True),
     ("http-multiple-policies-in.yaml", OTHER_IN_FOO, req(port=8080, headers={"x-abc": "abc2"}), True),
     ("http-multiple-policies-in.yaml", OTHER_IN_FOO, req(port=8080, source_ip="5.6.7.8"), True),
-    ("http-multiple-policies-in.yaml", OTHER_IN_FOO, req(port=8080, principal="td/ns/namespaces1/sa/x"), True),
+    (
+        "http-multiple-policies-in.yaml",
+        OTHER_IN_FOO,
+        req(port=8080, principal="td/ns/namespaces1/sa/x"),
+        True,
+    ),
     ("http-multiple-policies-in.yaml", OTHER_IN_FOO, req(port=8080, principal="td/ns/n/sa/x"), False),
     ("http-trust-domains-in.yaml", HTTPBIN, req(principal="cluster.local/ns/a/sa/b"), True),
     ("http-trust-domains-in.yaml", HTTPBIN, req(principal="bad.example/ns/a/sa/b"), False),
@@ -669,7 +713,12 @@ EXAMPLE_CASES = [
     ("http-trust-domains-in.yaml", HTTPBIN, req(), True),  # plaintext satisfies notTrustDomains
     ("tcp-allow-both-http-tcp-in.yaml", HTTPBIN, req(port=80, principal="td/ns/ns-1/sa/x"), True),
     ("tcp-allow-both-http-tcp-in.yaml", HTTPBIN, req(port=80), False),
-    ("tcp-allow-only-http-in.yaml", HTTPBIN, req(principal="td/ns/ns-1/sa/x", headers={"host": "Example.com"}), True),
+    (
+        "tcp-allow-only-http-in.yaml",
+        HTTPBIN,
+        req(principal="td/ns/ns-1/sa/x", headers={"host": "Example.com"}),
+        True,
+    ),
     ("tcp-allow-only-http-in.yaml", HTTPBIN, req(principal="td/ns/ns-1/sa/x"), False),
 ]
 

@@ -55,7 +55,7 @@ class HttpEndpoint:
             for segment in self.segments
         )
 
-    def match(self, segments: tuple[str, ...]) -> str | None | Literal[False]:
+    def match(self, segments: tuple[str, ...]) -> str | Literal[False] | None:
         """False if ``segments`` is not this endpoint; else the model name it names (None if none)."""
         if len(segments) != len(self.segments):
             return False
@@ -141,9 +141,7 @@ def load_catalog() -> Catalog:
         entry = raw["categories"][category]
         port: HttpPort = entry.get("port", "http")
         for item in entry["http"]:
-            http.append(
-                HttpEndpoint(category, port, tuple(item["methods"]), item["path"], _segments(item["path"]))
-            )
+            http.append(HttpEndpoint(category, port, tuple(item["methods"]), item["path"], _segments(item["path"])))
         for item in entry["grpc"]:
             grpc.append(GrpcMethod(category, item["method"], bool(item.get("model_scoped", False))))
     literal = {e.template: e for e in http if not any(s in VARIABLES for s in e.segments)}
@@ -154,8 +152,11 @@ def load_catalog() -> Catalog:
             e.methods,
             e.template,
             e.segments,
-            tuple(p for p, other in literal.items() if other.port == e.port and e.match(_segments(p)) is not False
-                  and other is not e),
+            tuple(
+                p
+                for p, other in literal.items()
+                if other.port == e.port and e.match(_segments(p)) is not False and other is not e
+            ),
         )
         for e in http
     ]

@@ -20,23 +20,26 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         rules.append(PolicyRule(index, rule.action, who, http, grpc, location))
         if withheld:
             names = ", ".join(method.name for method in withheld)
-            warnings.append(CompileWarning(
-                f"rules[{index}]: gRPC carries the model name in the request body, which no proxy can see, "
-                f"so the model-scoped gRPC methods of this rule are NOT granted ({names}); "
-                "set grpcAllModels: true to grant them for every model",
-                location,
-            ))
+            warnings.append(
+                CompileWarning(
+                    f"rules[{index}]: gRPC carries the model name in the request body, which no proxy can see, "
+                    f"so the model-scoped gRPC methods of this rule are NOT granted ({names}); "
+                    "set grpcAllModels: true to grant them for every model",
+                    location,
+                )
+            )
         if rule.grpc_all_models:
             names = ", ".join(method.name for method in grpc if method.model_scoped)
-            warnings.append(CompileWarning(
-                f"rules[{index}]: grpcAllModels widens this rule on gRPC to EVERY model, not only "
-                f"{', '.join(rule.models or ())} ({names})",
-                loaded.location("rules", index, "grpcAllModels"),
-            ))
+            warnings.append(
+                CompileWarning(
+                    f"rules[{index}]: grpcAllModels widens this rule on gRPC to EVERY model, not only "
+                    f"{', '.join(rule.models or ())} ({names})",
+                    loaded.location("rules", index, "grpcAllModels"),
+                )
+            )
     ports = spec.workload.ports
     port_mtls = sorted(
-        (ports.by_name(key) if isinstance(key, str) else key, mode)
-        for key, mode in spec.mtls.port_overrides.items()
+        (ports.by_name(key) if isinstance(key, str) else key, mode) for key, mode in spec.mtls.port_overrides.items()
     )
     return Policy(
         name=spec.metadata.name,

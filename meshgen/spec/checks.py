@@ -22,9 +22,7 @@ def check_spec(spec: Spec, doc: SourceDocument) -> None:
 def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) -> None:
     here = doc.location_of(("clients", name))
     if not (client.principals or client.namespaces or client.ip_blocks or client.headers):
-        raise SpecError(
-            f"client {name!r} has no identity: give it principals, namespaces, ipBlocks or headers", here
-        )
+        raise SpecError(f"client {name!r} has no identity: give it principals, namespaces, ipBlocks or headers", here)
     if spec.mtls.mode == "DISABLE" and (client.principals or client.namespaces):
         raise SpecError(
             f"client {name!r} is identified by mTLS principals/namespaces but mtls.mode is DISABLE, "
@@ -72,8 +70,7 @@ def _check_rule(index: int, rule: Rule, spec: Spec, doc: SourceDocument) -> None
     if isinstance(rule.from_, list):
         if not rule.from_:
             raise SpecError(
-                f"rules[{index}].from is empty, so the rule applies to nobody; "
-                "list clients or write 'from: anyone'",
+                f"rules[{index}].from is empty, so the rule applies to nobody; list clients or write 'from: anyone'",
                 doc.location_of((*path, "from")),
             )
         for position, client in enumerate(rule.from_):
@@ -103,7 +100,9 @@ def _check_models(index: int, rule: Rule, doc: SourceDocument) -> None:
         )
     for position, model in enumerate(rule.models):
         if rule.models.index(model) != position:
-            raise SpecError(f"rules[{index}].models lists {model!r} twice", doc.location_of((*path, "models", position)))
+            raise SpecError(
+                f"rules[{index}].models lists {model!r} twice", doc.location_of((*path, "models", position))
+            )
     catalog = load_catalog()
     for position, category in enumerate(rule.categories):
         if not catalog.has_model_scoped(category):

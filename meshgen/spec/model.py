@@ -41,8 +41,10 @@ PRINCIPAL = re.compile(
 )
 # Visible ASCII with single inner spaces: HTTP trims surrounding whitespace, so it could never match.
 HEADER_VALUE = re.compile(r"^[\x21-\x7e]+( [\x21-\x7e]+)*$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                       r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 RESERVED_MODEL_NAMES = frozenset({"stats"})
 
@@ -54,8 +56,7 @@ class Strict(BaseModel):
 def _check_principal(value: str) -> str:
     if value.startswith("spiffe://"):
         raise ValueError(
-            f"principal {value!r} must be in Istio form without the scheme: "
-            f"{value.removeprefix('spiffe://')!r}"
+            f"principal {value!r} must be in Istio form without the scheme: {value.removeprefix('spiffe://')!r}"
         )
     if not PRINCIPAL.match(value):
         raise ValueError(f"principal {value!r} must look like '<trust-domain>/ns/<namespace>/sa/<service-account>'")

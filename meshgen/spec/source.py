@@ -45,12 +45,12 @@ class _SpecLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise SpecError(
                 "YAML anchors and aliases are not supported in a spec; write values out in full",
                 _location(self.name, event.start_mark),
             )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        return super().compose_node(parent, index)
 
 
 def _location(file: str, mark: yaml.Mark | None) -> SourceLocation:

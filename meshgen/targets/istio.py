@@ -35,11 +35,18 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
     policies = []
     deny_rules = istio_rules(policy, policy.rules_for("deny"))
     if deny_rules:
-        policies.append({"name": f"{policy.name}-deny", "action": "DENY", "rules": deny_rules,
-                         "annotations": annotations})
+        policies.append(
+            {"name": f"{policy.name}-deny", "action": "DENY", "rules": deny_rules, "annotations": annotations}
+        )
     # Always present: an ALLOW policy with no rules allows nothing, which is the default-deny we want.
-    policies.append({"name": f"{policy.name}-allow", "action": "ALLOW",
-                     "rules": istio_rules(policy, policy.rules_for("allow")), "annotations": annotations})
+    policies.append(
+        {
+            "name": f"{policy.name}-allow",
+            "action": "ALLOW",
+            "rules": istio_rules(policy, policy.rules_for("allow")),
+            "annotations": annotations,
+        }
+    )
     return {
         "namespace": policy.namespace,
         "labels": dict(MANAGED_BY),

@@ -30,8 +30,12 @@ def assert_golden(case: str, filename: str, actual: str, update: bool) -> None:
         pytest.fail(f"missing golden {path.relative_to(GOLDEN_DIR.parent)}; run pytest --update-goldens and review it")
     expected = path.read_text(encoding="utf-8")
     if actual != expected:
-        diff = "".join(difflib.unified_diff(
-            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-            f"golden/{case}/{filename}", "generated",
-        ))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"golden/{case}/{filename}",
+                "generated",
+            )
+        )
         pytest.fail(f"output differs from golden (rerun with --update-goldens if intended):\n{diff}")

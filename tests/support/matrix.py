@@ -17,10 +17,22 @@ from meshgen.spec import Spec
 HTTP_METHODS = ("GET", "POST", "HEAD", "DELETE")
 RARE_METHODS = ("PUT", "OPTIONS", "PATCH")
 UNLISTED_MODEL = "unlisted_model"
-EXTRA_PATHS = ("/", "/v2/", "/v2/unknown", "/v2/models", "/v2/models/x/unknown", "/metrics",
-               "/v2/health/live/", "/v2/repository/models/x/versions/1/load")
-EXTRA_GRPC = ("/inference.GRPCInferenceService/Unknown", "/grpc.health.v1.Health/Watch",
-              "/inference.GRPCInferenceService/ModelInfer/", "/other.Service/ModelInfer")
+EXTRA_PATHS = (
+    "/",
+    "/v2/",
+    "/v2/unknown",
+    "/v2/models",
+    "/v2/models/x/unknown",
+    "/metrics",
+    "/v2/health/live/",
+    "/v2/repository/models/x/versions/1/load",
+)
+EXTRA_GRPC = (
+    "/inference.GRPCInferenceService/Unknown",
+    "/grpc.health.v1.Health/Watch",
+    "/inference.GRPCInferenceService/ModelInfer/",
+    "/other.Service/ModelInfer",
+)
 OUTSIDER_IP = "192.0.2.10"  # TEST-NET-1: inside no spec's ipBlocks unless a spec says so
 
 
@@ -76,12 +88,16 @@ def identities(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[NamedIdentity
             result.append(NamedIdentity(f"{name}~ip", Identity(principal, _just_outside(client.ip_blocks[0]), headers)))
         for header, value in headers.items():
             flipped = value.swapcase() if value.swapcase() != value else value + "x"
-            result.append(NamedIdentity(f"{name}~{header}-value", Identity(principal, source_ip,
-                                                                          {**headers, header: flipped})))
+            result.append(
+                NamedIdentity(f"{name}~{header}-value", Identity(principal, source_ip, {**headers, header: flipped}))
+            )
             missing = {k: v for k, v in headers.items() if k != header}
             result.append(NamedIdentity(f"{name}~{header}-missing", Identity(principal, source_ip, missing)))
-            result.append(NamedIdentity(f"{name}~{header}-upper", Identity(principal, source_ip,
-                                                                          {**missing, header.upper(): value})))
+            result.append(
+                NamedIdentity(
+                    f"{name}~{header}-upper", Identity(principal, source_ip, {**missing, header.upper(): value})
+                )
+            )
     return result
 
 
@@ -116,9 +132,7 @@ def full_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> Iterator[tuple[st
     people = identities(spec, outsider_ip)
     for label, request in requests(spec):
         for person in people:
-            yield f"{label} as {person.label}", Request(
-                request.protocol, request.method, request.path, person.identity
-            )
+            yield f"{label} as {person.label}", Request(request.protocol, request.method, request.path, person.identity)
 
 
 LOOPBACK_OUTSIDER_IP = "127.0.250.10"
@@ -142,7 +156,8 @@ def loopback_variant(spec: Spec) -> Spec:
                 mapping[block] = f"127.0.{octet}.5/32" if single else f"127.0.{octet}.0/24"
     clients = {
         name: client.model_copy(update={"ip_blocks": [mapping[b] for b in client.ip_blocks]})
-        if client.ip_blocks else client
+        if client.ip_blocks
+        else client
         for name, client in spec.clients.items()
     }
     return spec.model_copy(update={"clients": clients})
