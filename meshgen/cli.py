@@ -79,6 +79,27 @@ def istio(
     run(spec, output, lambda policy: target.generate(policy, dry_run=dry_run))
 
 
+@app.command()
+def lint(
+    spec: SpecArg,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there is any finding.")] = False,
+) -> None:
+    """Warn about risky but legal choices (stable codes, see docs/lint.md)."""
+    from meshgen.errors import MeshgenError
+    from meshgen.lint import lint as find
+    from meshgen.spec import load_spec
+
+    try:
+        findings = find(load_spec(spec))
+    except MeshgenError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    for finding in findings:
+        typer.echo(str(finding), err=True)
+    if findings and strict:
+        raise typer.Exit(1)
+
+
 AddressOpt = Annotated[Optional[str], typer.Option(metavar="ADDR")]  # noqa: UP045
 
 

@@ -18,7 +18,7 @@ from meshgen.errors import SourceLocation, SpecError
 
 Path = tuple[str | int, ...]
 
-MAX_SPEC_BYTES = 4 * 1024 * 1024
+MAX_SPEC_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 32
 MAX_NODES = 500_000
 
@@ -41,16 +41,25 @@ class SourceDocument:
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases before they can be expanded."""
+    """SafeLoader that refuses aliases and deep nesting before composing them."""
+
+    depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
             raise SpecError(
                 "YAML anchors and aliases are not supported in a spec; write values out in full",
                 _location(self.name, event.start_mark),
             )
-        return super().compose_node(parent, index)
+        # PyYAML composes recursively: stop hostile nesting long before Python's recursion limit.
+        if self.depth >= MAX_DEPTH:
+            raise SpecError("spec is nested too deeply", _location(self.name, event.start_mark))
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _location(file: str, mark: yaml.Mark | None) -> SourceLocation:
@@ -67,10 +76,15 @@ def parse_yaml(text: str | bytes, file: str) -> SourceDocument:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise SpecError(f"spec is not valid UTF-8 (byte offset {exc.start})") from None
+            raise SpecError(f"spec is not valid UTF-8 (byte offset {exc.start})", SourceLocation(file, 1, 1)) from None
     if "\x00" in text:
         raise SpecError("spec contains a NUL character", SourceLocation(file, 1, 1))
-    loader = _SpecLoader(text)
+    try:
+        loader = _SpecLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(
+            f"spec contains a character YAML does not allow (#x{exc.character:04x})", SourceLocation(file, 1, 1)
+        ) from None
     loader.name = file
     try:
         node = loader.get_single_node()
@@ -79,8 +93,13 @@ def parse_yaml(text: str | bytes, file: str) -> SourceDocument:
     except yaml.MarkedYAMLError as exc:
         problem = exc.problem or exc.context or "invalid YAML"
         raise SpecError(f"YAML syntax: {problem}", _location(file, exc.problem_mark)) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecError(
+            f"spec contains a character YAML does not allow (#x{exc.character:04x})", SourceLocation(file, 1, 1)
+        ) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"YAML syntax: {exc}", SourceLocation(file, 1, 1)) from None
+        message = " ".join(str(exc).split())
+        raise SpecError(f"YAML syntax: {message}", SourceLocation(file, 1, 1)) from None
     finally:
         loader.dispose()
     if node is None:

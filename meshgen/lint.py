@@ -1,0 +1,144 @@
+"""``meshgen lint``: risky but legal specs. Each finding has a stable code documented in docs/lint.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from meshgen.errors import SourceLocation
+from meshgen.policy.compile import rule_grants
+from meshgen.spec import Client, LoadedSpec, Rule
+
+ADMIN_CATEGORIES = ("model-repository", "shared-memory", "logging", "trace")
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+    location: SourceLocation
+
+    def __str__(self) -> str:
+        return f"{self.location}: warning: {self.code} {self.message}"
+
+
+def lint(loaded: LoadedSpec) -> list[Finding]:
+    findings = [
+        *_admin_to_anyone(loaded),
+        *_admin_to_address_only(loaded),
+        *_literal_secrets(loaded),
+        *_permissive_with_mtls_clients(loaded),
+        *_metrics_to_anyone(loaded),
+        *_rules_granting_nothing(loaded),
+    ]
+    return sorted(findings, key=lambda f: (f.location.line, f.location.column, f.code))
+
+
+def _allow_rules(loaded: LoadedSpec) -> Iterator[tuple[int, Rule]]:
+    return ((i, rule) for i, rule in enumerate(loaded.spec.rules) if rule.action == "allow")
+
+
+def _admin_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
+    for index, rule in _allow_rules(loaded):
+        risky = [c for c in rule.categories if c in ADMIN_CATEGORIES]
+        if rule.from_ == "anyone" and risky:
+            yield Finding(
+                "MG101",
+                f"rules[{index}] grants {', '.join(risky)} to anyone: any caller could load models, "
+                "register shared memory or change logging/tracing",
+                loaded.location("rules", index),
+            )
+
+
+def _address_only(client: Client) -> bool:
+    return bool(client.ip_blocks) and not (client.principals or client.namespaces or client.headers)
+
+
+def _admin_to_address_only(loaded: LoadedSpec) -> Iterator[Finding]:
+    for index, rule in _allow_rules(loaded):
+        risky = [c for c in rule.categories if c in ADMIN_CATEGORIES]
+        if not risky or rule.from_ == "anyone":
+            continue
+        for position, name in enumerate(rule.from_):
+            if _address_only(loaded.spec.clients[name]):
+                yield Finding(
+                    "MG102",
+                    f"rules[{index}] grants {', '.join(risky)} to {name!r}, identified only by its address; "
+                    "anything on that network can use admin APIs — add principals or a header",
+                    loaded.location("rules", index, "from", position),
+                )
+
+
+def _literal_secrets(loaded: LoadedSpec) -> Iterator[Finding]:
+    raw_clients = loaded.source.data.get("clients") or {}
+    for name, raw in raw_clients.items():
+        for header, value in ((raw or {}).get("headers") or {}).items():
+            if isinstance(value, str):
+                yield Finding(
+                    "MG103",
+                    f"client {name!r} header {header!r} is a literal secret in the spec; "
+                    "use {env: VARIABLE} and keep the value out of version control",
+                    loaded.location("clients", name, "headers", header),
+                )
+
+
+def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:
+    spec = loaded.spec
+    mtls_clients = {name for name, client in spec.clients.items() if client.principals or client.namespaces}
+    ports = spec.workload.ports
+    permissive = {
+        ports.by_name(key) if isinstance(key, str) else key
+        for key, mode in spec.mtls.port_overrides.items()
+        if mode == "PERMISSIVE"
+    }
+    if spec.mtls.mode == "PERMISSIVE":
+        permissive |= {ports.http, ports.grpc, ports.metrics}
+    exposed = sorted(
+        {
+            name
+            for rule in spec.rules
+            if rule.from_ != "anyone"
+            for name in rule.from_
+            if name in mtls_clients and permissive & _rule_ports(rule, ports.http, ports.grpc, ports.metrics)
+        }
+    )
+    if exposed:
+        yield Finding(
+            "MG104",
+            f"PERMISSIVE mTLS on ports used by clients identified by principals/namespaces ({', '.join(exposed)}): "
+            "plaintext callers are accepted there; prefer STRICT",
+            loaded.location("mtls"),
+        )
+
+
+def _rule_ports(rule: Rule, http: int, grpc: int, metrics: int) -> set[int]:
+    ports = {metrics} if "metrics" in rule.categories else set()
+    return ports | ({http, grpc} if set(rule.categories) - {"metrics"} else set())
+
+
+def _metrics_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
+    for index, rule in _allow_rules(loaded):
+        if rule.from_ == "anyone" and "metrics" in rule.categories:
+            yield Finding(
+                "MG105",
+                f"rules[{index}] opens metrics to anyone: they reveal model names and load",
+                loaded.location("rules", index),
+            )
+
+
+def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:
+    denied_for_all = {
+        category
+        for rule in loaded.spec.rules
+        if rule.action == "deny" and rule.from_ == "anyone" and rule.models is None
+        for category in rule.categories
+    }
+    for index, rule in _allow_rules(loaded):
+        http, grpc, _ = rule_grants(rule)
+        live = [c for c in rule.categories if c not in denied_for_all]
+        if not (http or grpc) or not live:
+            yield Finding(
+                "MG106",
+                f"rules[{index}] grants nothing: every category it allows is denied to anyone by a deny rule",
+                loaded.location("rules", index),
+            )
