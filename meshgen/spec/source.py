@@ -62,7 +62,7 @@ class _SpecLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def _location(file: str, mark: yaml.Mark | None) -> SourceLocation:
+def _location(file: str, mark: Any) -> SourceLocation:
     if mark is None:
         return SourceLocation(file, 1, 1)
     return SourceLocation(file, mark.line + 1, mark.column + 1)
