@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -61,6 +62,7 @@ def environment(target: str) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["yaml"] = to_yaml
+    env.filters["shell_quote"] = shlex.quote
     return env
 
 

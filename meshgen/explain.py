@@ -1,0 +1,133 @@
+"""``meshgen explain``: the access matrix (categories x clients, per protocol) as the reference decides it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from meshgen.catalog import CATEGORIES, load_catalog
+from meshgen.identity import representative_identity
+from meshgen.policy import Decision, Identity, Request, decide
+from meshgen.spec import LoadedSpec, Spec
+
+ANY_MODEL = "any-model"
+Format = Literal["table", "markdown", "json"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one client may do with one category over one protocol."""
+
+    access: Literal["all", "some", "none"]
+    models: tuple[str, ...] = ()  # when access is "some" because of per-model grants
+    denied_by: tuple[int, ...] = ()  # deny rules that override an allow
+    withheld: bool = False  # gRPC model-scoped methods withheld from a per-model rule
+
+    def text(self) -> str:
+        if self.access == "all":
+            return "allow"
+        parts = []
+        if self.models:
+            parts.append("models: " + ", ".join(self.models))
+        elif self.access == "some":
+            parts.append("partial")
+        if self.withheld:
+            parts.append("withheld")
+        if self.denied_by:
+            parts.append("DENY " + ", ".join(f"rules[{i}]" for i in self.denied_by))
+        return "; ".join(parts) or "-"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "access": self.access,
+            "models": list(self.models),
+            "deniedBy": list(self.denied_by),
+            "grpcWithheld": self.withheld,
+        }
+
+
+def access_matrix(spec: Spec) -> dict[str, dict[str, dict[str, Cell]]]:
+    """{subject: {category: {"http": Cell, "grpc": Cell}}}; subjects are 'anyone' then each client."""
+    subjects: dict[str, Identity] = {"anyone": Identity()}
+    subjects.update({name: representative_identity(client) for name, client in spec.clients.items()})
+    listed = sorted({m for rule in spec.rules for m in rule.models or ()})
+    return {
+        name: {category: _cells(spec, name, identity, category, listed) for category in CATEGORIES}
+        for name, identity in subjects.items()
+    }
+
+
+def _cells(spec: Spec, subject: str, identity: Identity, category: str, listed: list[str]) -> dict[str, Cell]:
+    catalog = load_catalog()
+    http: list[tuple[str | None, Decision]] = []
+    for endpoint in catalog.http_endpoints(category):
+        for model in [*listed, ANY_MODEL] if endpoint.model_scoped else [None]:
+            path = endpoint.template.replace("{model}", model or "")
+            path = path.replace("{version}", "1").replace("{region}", "r").replace("{repo}", "r")
+            http.append((model, decide(spec, Request(endpoint.port, endpoint.methods[0], path, identity))))
+    grpc: list[tuple[str | None, Decision]] = [
+        (None, decide(spec, Request("grpc", "POST", method.path, identity)))
+        for method in catalog.grpc_methods(category)
+    ]
+    withheld = any(
+        rule.action == "allow"
+        and rule.models is not None
+        and not rule.grpc_all_models
+        and category in rule.categories
+        and (rule.from_ == "anyone" or subject in rule.from_)
+        for rule in spec.rules
+    )
+    return {"http": _summarize(spec, http, False), "grpc": _summarize(spec, grpc, withheld)}
+
+
+def _summarize(spec: Spec, decisions: list[tuple[str | None, Decision]], withheld: bool) -> Cell:
+    if not decisions:
+        return Cell("none")
+    allowed = [model for model, d in decisions if d.allowed]
+    denied_by = tuple(sorted({d.rule_index for _, d in decisions if not d.allowed and d.rule_index is not None}))
+    if len(allowed) == len(decisions):
+        return Cell("all")
+    if not allowed:
+        return Cell("none", denied_by=denied_by, withheld=withheld)
+    models = tuple(sorted({m for m in allowed if m not in (None, ANY_MODEL)}))
+    only_models = all(m not in (None, ANY_MODEL) for m in allowed)
+    return Cell("some", models if only_models else (), denied_by, withheld)
+
+
+def render_explanation(loaded: LoadedSpec, fmt: Format) -> str:
+    matrix = access_matrix(loaded.spec)
+    subjects = list(matrix)
+    if fmt == "json":
+        data = {
+            "subjects": subjects,
+            "categories": list(CATEGORIES),
+            "access": {
+                s: {c: {p: cell.as_json() for p, cell in cells.items()} for c, cells in row.items()}
+                for s, row in matrix.items()
+            },
+        }
+        return json.dumps(data, indent=2) + "\n"
+    sections = []
+    for protocol in ("http", "grpc"):
+        rows = [[category, *(matrix[s][category][protocol].text() for s in subjects)] for category in CATEGORIES]
+        header = [f"{protocol.upper()} category", *subjects]
+        sections.append(_markdown(header, rows) if fmt == "markdown" else _table(header, rows))
+    title = f"Access matrix for {loaded.spec.metadata.namespace}/{loaded.spec.metadata.name}"
+    if fmt == "markdown":
+        return f"### {title}\n\n" + "\n\n".join(sections) + "\n"
+    return f"{title}\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])

@@ -1,0 +1,25 @@
+"""A representative identity per client: what a caller that *is* this client presents.
+
+Used by ``meshgen check`` and ``meshgen explain`` to ask the reference ``decide`` about a client by name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshgen.policy import Identity
+from meshgen.spec import Client
+
+
+def representative_identity(client: Client) -> Identity:
+    principal = None
+    if client.principals:
+        principal = client.principals[0]
+    elif client.namespaces:
+        principal = f"cluster.local/ns/{client.namespaces[0]}/sa/default"
+    source_ip = None
+    if client.ip_blocks:
+        network = ipaddress.ip_network(client.ip_blocks[0], strict=False)
+        source_ip = str(network.network_address + (1 if network.num_addresses > 1 else 0))
+    headers = {name: str(value) for name, value in (client.headers or {}).items()}
+    return Identity(principal, source_ip, headers)

@@ -1,0 +1,123 @@
+"""Triton launch flags for defence in depth behind the proxy (``meshgen triton``).
+
+Each flag carries a comment saying why. Restricted-API flags make Triton itself refuse a category
+unless the caller sends the header that identifies the only clients granted it, so a request that
+slips past the proxy still fails. Flag syntax follows Triton's command_line_parser.cc: HTTP uses
+``--http-restricted-api=<api>[,<api>...]:<key>=<value>``, gRPC ``--grpc-restricted-protocol`` with the
+same format, and gRPC clients then send the metadata key ``triton-grpc-protocol-<key>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from meshgen.catalog import CATEGORIES
+from meshgen.policy import Policy
+from meshgen.render import render
+
+GRPC_METADATA_PREFIX = "triton-grpc-protocol-"
+TRITON_CATEGORIES = tuple(c for c in CATEGORIES if c != "metrics")  # metrics is never restricted by Triton
+
+
+@dataclass(frozen=True)
+class Flag:
+    reason: str
+    argument: str
+
+
+def generate(policy: Policy) -> str:
+    flags = list(triton_flags(policy))
+    return render("triton", "triton-args.txt.j2", name=policy.name, flags=flags)
+
+
+def triton_flags(policy: Policy) -> Iterator[Flag]:
+    yield from _restricted_apis(policy)
+    yield from _disabled_endpoints(policy)
+    yield from _model_control(policy)
+    yield Flag(
+        "Cloud frontends reuse the HTTP API under other routes; nothing in the spec needs them",
+        "--allow-sagemaker=false",
+    )
+    yield Flag("The Vertex AI redirect header can reach any API through the predict route", "--allow-vertex-ai=false")
+    yield from _loopback_binding(policy)
+
+
+def _granted(policy: Policy, category: str) -> list[tuple[frozenset[tuple[str, str]], bool]]:
+    """(header pairs of each client granted ``category``, whether the grant is to anyone)."""
+    result: list[tuple[frozenset[tuple[str, str]], bool]] = []
+    for rule in policy.rules_for("allow"):
+        categories = {g.endpoint.category for g in rule.http} | {m.category for m in rule.grpc}
+        if category not in categories:
+            continue
+        if rule.clients is None:
+            result.append((frozenset(), True))
+        else:
+            result.extend((frozenset(client.headers), False) for client in rule.clients)
+    return result
+
+
+def _restricted_apis(policy: Policy) -> Iterator[Flag]:
+    """Group categories whose every grantee sends one common header, by that header."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for category in TRITON_CATEGORIES:
+        grants = _granted(policy, category)
+        if not grants or any(anyone for _, anyone in grants):
+            continue
+        common = frozenset.intersection(*(headers for headers, _ in grants))
+        if common:
+            groups.setdefault(min(common), []).append(category)
+    for (name, value), categories in sorted(groups.items()):
+        apis = ",".join(categories)
+        yield Flag(
+            f"{apis}: granted only to clients that send header {name}; Triton refuses it without the header",
+            f"--http-restricted-api={apis}:{name}={value}",
+        )
+        yield Flag(
+            f"{apis} over gRPC: clients must also send metadata {GRPC_METADATA_PREFIX}{name}",
+            f"--grpc-restricted-protocol={apis}:{name}={value}",
+        )
+
+
+def _disabled_endpoints(policy: Policy) -> Iterator[Flag]:
+    allow = policy.rules_for("allow")
+    if not any(rule.grpc for rule in allow):
+        yield Flag("No rule grants any gRPC method", "--allow-grpc=false")
+    if not any(g.endpoint.port == "http" for rule in allow for g in rule.http):
+        yield Flag("No rule grants any HTTP endpoint", "--allow-http=false")
+    if not any(g.endpoint.port == "metrics" for rule in allow for g in rule.http):
+        yield Flag("No rule grants metrics", "--allow-metrics=false")
+
+
+def _model_control(policy: Policy) -> Iterator[Flag]:
+    loads = any(
+        g.endpoint.category == "model-repository" and g.endpoint.model_scoped
+        for rule in policy.rules_for("allow")
+        for g in rule.http
+    ) or any(m.name == "RepositoryModelLoad" for rule in policy.rules_for("allow") for m in rule.grpc)
+    if loads:
+        yield Flag("Clients may load and unload models (model-repository is granted)", "--model-control-mode=explicit")
+    else:
+        yield Flag(
+            "No client may load or unload models: serve the repository as it is at start-up",
+            "--model-control-mode=none",
+        )
+
+
+def _loopback_binding(policy: Policy) -> Iterator[Flag]:
+    """With a standalone proxy on the same host, Triton should listen on loopback only."""
+    if policy.standalone is None:
+        return
+    flags = {"http": "--http-address", "grpc": "--grpc-address", "metrics": "--metrics-address"}
+    for port, flag in flags.items():
+        upstream = getattr(policy.standalone.upstream, port)
+        if upstream is None:
+            continue
+        host = upstream.rsplit(":", 1)[0].strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            yield Flag(f"The proxy reaches the {port} port on {upstream}: nothing else should", f"{flag}={host}")

@@ -1,0 +1,72 @@
+"""``meshgen check``: what the reference decides for one request from one client, and which rule decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshgen.errors import MeshgenError
+from meshgen.identity import representative_identity
+from meshgen.policy import Decision, Identity, Request, decide
+from meshgen.spec import LoadedSpec
+
+GRPC_SERVICE = "/inference.GRPCInferenceService/"
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    request: Request
+    decision: Decision
+    rule_location: str | None
+
+    def text(self) -> str:
+        verdict = "ALLOW" if self.decision.allowed else "DENY"
+        where = f" ({self.rule_location})" if self.rule_location else ""
+        request = f"{self.request.protocol} {self.request.method} {self.request.path}"
+        return f"{verdict} {request}: {self.decision.reason}{where}"
+
+
+def what_if(
+    loaded: LoadedSpec,
+    subject: str,
+    http: str | None,
+    grpc: str | None,
+    headers: list[str],
+    port: str | None = None,
+) -> WhatIf:
+    spec = loaded.spec
+    if subject == "anyone":
+        identity = Identity()
+    elif subject in spec.clients:
+        identity = representative_identity(spec.clients[subject])
+    else:
+        known = ", ".join(["anyone", *spec.clients])
+        raise MeshgenError(f"--from: unknown client {subject!r} (one of: {known})")
+    extra = {}
+    for item in headers:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise MeshgenError(f"--header {item!r} must be NAME=VALUE")
+        extra[name] = value
+    identity = Identity(identity.principal, identity.source_ip, {**identity.headers, **extra})
+    request = _request(http, grpc, identity, port)
+    decision = decide(spec, request)
+    location = None
+    if decision.rule_index is not None:
+        location = str(loaded.location("rules", decision.rule_index))
+    return WhatIf(request, decision, location)
+
+
+def _request(http: str | None, grpc: str | None, identity: Identity, port: str | None) -> Request:
+    if (http is None) == (grpc is None):
+        raise MeshgenError('give exactly one of --http "METHOD PATH" or --grpc METHOD')
+    if grpc is not None:
+        path = grpc if grpc.startswith("/") else GRPC_SERVICE + grpc
+        return Request("grpc", "POST", path, identity)
+    assert http is not None
+    method, _, path = http.strip().partition(" ")
+    if not path.startswith("/"):
+        raise MeshgenError(f'--http {http!r} must be "METHOD /path"')
+    on = port or ("metrics" if path.split("?")[0].rstrip("/") == "/metrics" else "http")
+    if on not in ("http", "metrics"):
+        raise MeshgenError("--port must be http or metrics")
+    return Request(on, method.upper(), path.strip(), identity)  # type: ignore[arg-type]
