@@ -1,0 +1,144 @@
+"""A stand-in Triton for proxy tests: every HTTP path and every gRPC method succeeds and is recorded.
+
+A proxy under test sits in front of it; whatever reaches the backend got through the proxy, so
+``http_seen`` / ``grpc_seen`` tell a bypass probe exactly what was let through.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
+
+STREAM_SUFFIX = "ModelStreamInfer"  # Triton's only bidirectional-streaming method
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like Triton; proxies reuse upstream connections
+    server: _RecordingServer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.record(f"{self.command} {self.path}")
+        body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler dispatches to do_<METHOD>: answer every method, known or not.
+        if name.startswith("do_"):
+            return self._answer
+        raise AttributeError(name)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # thousands of matrix requests: keep test output readable
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+
+    def record(self, entry: str) -> None:
+        with self._lock:
+            self.seen.append(entry)
+
+
+class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untyped base
+    """Answers every method OK: unary with b"", streams by echoing one empty message."""
+
+    def __init__(self, seen: list[str], lock: threading.Lock) -> None:
+        self._seen = seen
+        self._lock = lock
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        with self._lock:
+            self._seen.append(method)
+        if method.endswith(STREAM_SUFFIX):
+            def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+                for _ in requests:
+                    yield b""
+                    return
+            return grpc.stream_stream_rpc_method_handler(stream)
+
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            return b""
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+class Backend:
+    """HTTP/1.1 and gRPC servers on free 127.0.0.1 ports; use as a context manager or call stop()."""
+
+    def __init__(self) -> None:
+        self._http = _RecordingServer()
+        self.http_port: int = self._http.server_address[1]
+        self._http_thread = threading.Thread(target=self._http.serve_forever, name="backend-http", daemon=True)
+        self._http_thread.start()
+        self._grpc_lock = threading.Lock()
+        self.grpc_seen: list[str] = []
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self._grpc.add_generic_rpc_handlers((_AnyMethodHandler(self.grpc_seen, self._grpc_lock),))
+        self.grpc_port: int = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+        self._stopped = False
+
+    @property
+    def http_seen(self) -> list[str]:
+        """"METHOD /path?query" of every HTTP request that reached the backend, in arrival order."""
+        return self._http.seen
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._grpc.stop(grace=None)
+        self._http.shutdown()
+        self._http.server_close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+
+def grpc_call_on(channel: grpc.Channel, method_path: str, metadata: Sequence[tuple[str, str]],
+                 timeout: float = 5) -> grpc.StatusCode:
+    """One generic call with an empty message on an open channel; the status it ended with."""
+    try:
+        if method_path.endswith(STREAM_SUFFIX):
+            responses = channel.stream_stream(method_path)(iter([b""]), metadata=tuple(metadata), timeout=timeout)
+            for _ in responses:
+                pass
+        else:
+            channel.unary_unary(method_path)(b"", metadata=tuple(metadata), timeout=timeout)
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def grpc_call(target: str, method_path: str, metadata: list[tuple[str, str]],
+              credentials: grpc.ChannelCredentials | None = None, timeout: float = 5,
+              *, options: Sequence[tuple[str, Any]] = ()) -> grpc.StatusCode:
+    """A generic call (stream call for ModelStreamInfer) on a fresh channel to ``target`` ("host:port")."""
+    channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(target, options=options))
+    with channel:
+        return grpc_call_on(channel, method_path, metadata, timeout)

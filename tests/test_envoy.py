@@ -1,0 +1,179 @@
+"""Envoy target: goldens, structure of the RBAC filters, errors, and `envoy --mode validate`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshgen.errors import TargetError
+from meshgen.policy import Policy, compile_policy
+from meshgen.spec import LoadedSpec
+from meshgen.spec.model import Standalone, Tls
+from meshgen.targets import envoy
+from meshgen.targets.envoy_rbac import check_uri_template, path_matcher
+from tests.support.envoy_process import free_port, validate
+from tests.support.goldens import golden_cases, load_case
+from tests.support.pki import TestCA
+
+# The triton-access spec sets `standalone` but no `tls`, while its clients use principals; its golden
+# bootstrap is generated with these (fixed, documented) TLS paths added, to show the mTLS listeners.
+GOLDEN_TLS = Tls(cert="/etc/envoy/tls/server.crt", key="/etc/envoy/tls/server.key",
+                 clientCA="/etc/envoy/tls/client-ca.crt")
+
+
+def _policy(loaded: LoadedSpec) -> Policy:
+    return compile_policy(loaded)
+
+
+def _with_tls(loaded: LoadedSpec, tls: Tls) -> LoadedSpec:
+    standalone = loaded.spec.standalone or Standalone()
+    spec = loaded.spec.model_copy(update={"standalone": standalone.model_copy(update={"tls": tls})})
+    return LoadedSpec(spec, loaded.source)
+
+
+def _needs_mtls(policy: Policy) -> bool:
+    return any(client.needs_mtls for rule in policy.rules for client in rule.clients or ())
+
+
+@pytest.mark.parametrize("case", golden_cases())
+def test_filters_golden(case: str, update_goldens: bool) -> None:
+    from tests.support.goldens import assert_golden
+
+    assert_golden(case, "envoy.yaml", envoy.generate(_policy(load_case(case))), update_goldens)
+
+
+@pytest.mark.parametrize("case", [c for c in golden_cases() if load_case(c).spec.standalone is not None])
+def test_bootstrap_golden(case: str, update_goldens: bool) -> None:
+    from tests.support.goldens import assert_golden
+
+    loaded = load_case(case)
+    policy = _policy(loaded)
+    if _needs_mtls(policy) and loaded.spec.standalone and loaded.spec.standalone.tls is None:
+        with pytest.raises(TargetError, match=r"standalone\.tls"):
+            envoy.generate(policy, bootstrap=True)
+        policy = _policy(_with_tls(loaded, GOLDEN_TLS))
+    assert_golden(case, "envoy-bootstrap.yaml", envoy.generate(policy, bootstrap=True), update_goldens)
+
+
+def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = yaml.safe_load(envoy.generate(policy, **kwargs))
+    return loaded
+
+
+def test_deny_filter_comes_first_and_only_when_needed() -> None:
+    filters = _filters(_policy(load_case("headers-and-ips")))
+    assert [f["typed_config"]["rules"]["action"] for f in filters] == ["DENY", "ALLOW"]
+    prefixes = {f["typed_config"]["rules_stat_prefix"] for f in filters}
+    assert len(prefixes) == 2
+    without_deny = _filters(_policy(load_case("identity-kinds")))
+    assert [f["typed_config"]["rules"]["action"] for f in without_deny] == ["ALLOW"]
+
+
+def test_policy_names_and_identity_matchers() -> None:
+    filters = _filters(_policy(load_case("identity-kinds")))
+    policies = filters[-1]["typed_config"]["rules"]["policies"]
+    assert "rules[0]-from[by-principal]" in policies
+    principal = policies["rules[0]-from[by-principal]"]["principals"][0]
+    assert principal["or_ids"]["ids"][0] == {
+        "authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/a/sa/one"}}}
+    namespace = policies["rules[0]-from[by-namespace]"]["principals"][0]["or_ids"]["ids"][0]
+    assert namespace["authenticated"]["principal_name"]["safe_regex"]["regex"] == \
+        r"spiffe://[^/]+/ns/team\-x/sa/[^/]+"
+    both = policies["rules[1]-from[principal-and-ip]"]["principals"][0]["and_ids"]["ids"]
+    assert both[1] == {"direct_remote_ip": {"address_prefix": "10.50.0.0", "prefix_len": 16}}
+
+
+def test_destination_port_only_in_filter_output() -> None:
+    policy = _policy(load_case("headers-and-ips"))
+    assert "destination_port" in envoy.generate(policy)
+    assert "destination_port" not in envoy.generate(policy, bootstrap=True)
+
+
+def test_excluded_stats_path_uses_not_rule() -> None:
+    text = envoy.generate(_policy(load_case("every-category")))
+    assert "not_rule" in text and "/v2/models/stats" in text
+
+
+def test_dry_run_uses_shadow_rules_only() -> None:
+    for entry in _filters(_policy(load_case("headers-and-ips")), dry_run=True):
+        config = entry["typed_config"]
+        assert "rules" not in config and "rules_stat_prefix" not in config
+        assert config["shadow_rules"]["policies"] and config["shadow_rules_stat_prefix"]
+
+
+def test_bootstrap_needs_tls_for_principals() -> None:
+    with pytest.raises(TargetError, match=r"standalone\.tls"):
+        envoy.generate(_policy(load_case("triton-access")), bootstrap=True)
+
+
+def test_bootstrap_needs_addresses() -> None:
+    with pytest.raises(TargetError, match="--listen-http"):
+        envoy.generate(_policy(load_case("default-deny")), bootstrap=True)
+
+
+def test_admin_only_when_asked() -> None:
+    policy = _policy(load_case("headers-and-ips"))
+    assert "admin" not in yaml.safe_load(envoy.generate(policy, bootstrap=True))
+    with_admin = yaml.safe_load(envoy.generate(policy, bootstrap=True, admin="127.0.0.1:9901"))
+    assert with_admin["admin"] == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}}
+    with pytest.raises(TargetError):
+        envoy.generate(policy, bootstrap=True, admin="nonsense")
+
+
+@pytest.mark.parametrize("template", ["v2/models/*", "/v2//infer", "/v2/models/{model}", "/v2/mo%64els/*",
+                                      "/v2/a*b", "/*/*/*/*/*/*"])
+def test_malformed_uri_templates_are_rejected(template: str) -> None:
+    with pytest.raises(TargetError):
+        check_uri_template(template)
+
+
+def test_uri_template_for_wildcards_exact_otherwise() -> None:
+    assert path_matcher(("v2", "health", "live")) == {"url_path": {"path": {"exact": "/v2/health/live"}}}
+    template = path_matcher(("v2", "models", "*", "infer"))["uri_template"]
+    assert template["typed_config"]["path_template"] == "/v2/models/*/infer"
+
+
+def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool = False) -> Path:
+    loaded = load_case(case)
+    policy = _policy(loaded)
+    if _needs_mtls(policy):
+        assert ca is not None
+        server = ca.issue("envoy", server=True)
+        policy = _policy(_with_tls(loaded, Tls(cert=str(server.cert), key=str(server.key),
+                                               clientCA=str(ca.ca.cert))))
+    addresses = {port: f"127.0.0.1:{free_port()}" for port in ("http", "grpc", "metrics")}
+    text = envoy.generate(policy, bootstrap=True, listen_overrides=addresses, upstream_overrides=addresses,
+                          admin=f"127.0.0.1:{free_port()}", dry_run=dry_run)
+    path = directory / f"{case}{'-dry-run' if dry_run else ''}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("case", golden_cases())
+def test_bootstrap_passes_envoy_validate(case: str, dry_run: bool, tmp_path: Path) -> None:
+    path = _bootstrap_for(case, tmp_path, TestCA(tmp_path), dry_run)
+    started = time.monotonic()
+    result = validate(path)
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Deprecated field" not in output and "deprecated" not in output.lower(), output
+    assert elapsed < 10
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", [c for c in golden_cases() if load_case(c).spec.standalone is not None
+                                  and load_case(c).spec.standalone.tls is None  # type: ignore[union-attr]
+                                  and not _needs_mtls(_policy(load_case(c)))])
+def test_golden_bootstrap_passes_envoy_validate(case: str) -> None:
+    from tests.support.goldens import GOLDEN_DIR
+
+    result = validate(GOLDEN_DIR / case / "envoy-bootstrap.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Deprecated field" not in output, output

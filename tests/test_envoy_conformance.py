@@ -1,0 +1,308 @@
+"""The generated bootstrap on a real Envoy allows and denies exactly what ``decide()`` says.
+
+Per golden case: the loopback variant of the spec (ipBlocks on 127.0.x.0/24), a bootstrap on free
+127.0.0.1 ports in front of a Backend that answers everything, and every request of the full matrix
+sent for real: HTTP/1.1 from the identity's source address, gRPC through a SourceRelay bound to it.
+Principals and namespaces are client certificates with a SPIFFE URI SAN (cases that need them run
+with standalone.tls); an identity without a principal presents a CA-issued cert without a URI SAN.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
+import pytest
+
+from meshgen.policy import Identity, Request, compile_policy, decide
+from meshgen.spec import LoadedSpec, Spec
+from meshgen.spec.model import Standalone, Tls
+from meshgen.targets import envoy
+from tests.support.backend import Backend, grpc_call_on
+from tests.support.envoy_process import EnvoyProcess, free_port
+from tests.support.goldens import golden_cases, load_case
+from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
+from tests.support.pki import CertFiles, TestCA
+from tests.support.relay import SourceRelay
+
+pytestmark = pytest.mark.envoy
+
+PORTS = ("http", "grpc", "metrics")
+
+
+@dataclass
+class RunningCase:
+    spec: Spec
+    listen: dict[str, int]
+    backend: Backend
+    ca: TestCA | None
+    client_certs: dict[str | None, CertFiles]
+
+    def cert_for(self, principal: str | None) -> CertFiles:
+        assert self.ca is not None
+        if principal not in self.client_certs:
+            self.client_certs[principal] = self.ca.issue(
+                "client", uri=f"spiffe://{principal}" if principal is not None else None)
+        return self.client_certs[principal]
+
+
+def _needs_mtls(spec: Spec) -> bool:
+    return any(client.principals or client.namespaces for client in spec.clients.values())
+
+
+@contextmanager
+def start_case(case: str, directory: Path, *, dry_run: bool = False) -> Iterator[RunningCase]:
+    """Envoy with the case's loopback bootstrap in front of a fresh Backend, stopped on exit."""
+    loaded = load_case(case)
+    spec = loopback_variant(loaded.spec)
+    ca = None
+    if _needs_mtls(spec):
+        ca = TestCA(directory)
+        server = ca.issue("envoy", server=True)
+        tls = Tls(cert=str(server.cert), key=str(server.key), clientCA=str(ca.ca.cert))
+        spec = spec.model_copy(update={"standalone": Standalone(tls=tls)})
+    with Backend() as backend:
+        listen = {port: free_port() for port in PORTS}
+        upstream = {"http": backend.http_port, "grpc": backend.grpc_port, "metrics": backend.http_port}
+        admin_port = free_port()
+        text = envoy.generate(
+            compile_policy(LoadedSpec(spec, loaded.source)), bootstrap=True,
+            listen_overrides={p: f"127.0.0.1:{listen[p]}" for p in PORTS},
+            upstream_overrides={p: f"127.0.0.1:{upstream[p]}" for p in PORTS},
+            admin=f"127.0.0.1:{admin_port}", dry_run=dry_run,
+        )
+        config = directory / "envoy.yaml"
+        config.write_text(text, encoding="utf-8")
+        with EnvoyProcess(config, admin_port, directory / "envoy.log"):
+            yield RunningCase(spec, listen, backend, ca, {})
+
+
+@pytest.fixture(scope="module", params=golden_cases())
+def running(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCase]:
+    # Module scope: Envoy is started (and dies with) the main test thread, once per case.
+    case: str = request.param
+    with start_case(case, tmp_path_factory.mktemp(f"envoy-{case}")) as running_case:
+        yield running_case
+
+
+def _ssl_context(case: RunningCase, principal: str | None) -> ssl.SSLContext:
+    assert case.ca is not None
+    context = ssl.create_default_context(cafile=str(case.ca.ca.cert))
+    cert = case.cert_for(principal)
+    context.load_cert_chain(str(cert.cert), str(cert.key))
+    return context
+
+
+class HttpClient:
+    """One keep-alive connection per (identity, port); reconnects if Envoy closed it."""
+
+    def __init__(self, case: RunningCase, identity: Identity, port: str) -> None:
+        self._case, self._identity, self._port = case, identity, port
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        source = (self._identity.source_ip or LOOPBACK_OUTSIDER_IP, 0)
+        port = self._case.listen[self._port]
+        if self._case.ca is not None:
+            return http.client.HTTPSConnection("127.0.0.1", port, source_address=source, timeout=10,
+                                               context=_ssl_context(self._case, self._identity.principal))
+        return http.client.HTTPConnection("127.0.0.1", port, source_address=source, timeout=10)
+
+    def send(self, method: str, path: str, headers: dict[str, str] | None = None) -> int:
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                self._conn.request(method, path, headers={**self._identity.headers, **(headers or {})})
+                response = self._conn.getresponse()
+                response.read()
+                if response.will_close:
+                    self._conn.close()
+                    self._conn = None
+                return response.status
+            except (http.client.HTTPException, OSError):
+                # Envoy may close an idle keep-alive connection between requests: reconnect once.
+                self.close()
+                self._conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class GrpcClient:
+    """One channel per identity, through a relay that connects from the identity's source address."""
+
+    def __init__(self, case: RunningCase, identity: Identity) -> None:
+        self._relay = SourceRelay("127.0.0.1", case.listen["grpc"], identity.source_ip or LOOPBACK_OUTSIDER_IP)
+        target = f"127.0.0.1:{self._relay.port}"
+        if case.ca is not None:
+            cert = case.cert_for(identity.principal)
+            credentials = grpc.ssl_channel_credentials(
+                case.ca.ca.cert.read_bytes(), cert.key.read_bytes(), cert.cert.read_bytes())
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
+        # grpcio rejects upper-case metadata keys; HTTP/2 header names are lower-case on the wire anyway,
+        # so a "header-upper" near miss is the same request as the good identity on gRPC.
+        self.metadata = [(name.lower(), value) for name, value in identity.headers.items()]
+
+    def call(self, method_path: str) -> grpc.StatusCode:
+        return grpc_call_on(self.channel, method_path, self.metadata)
+
+    def close(self) -> None:
+        self.channel.close()
+        self._relay.close()
+
+
+@dataclass
+class Observed:
+    mismatches: list[str]
+    allowed: Counter[str]  # per protocol: requests the proxy let through
+
+
+def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Request]]) -> Observed:
+    """Send one identity's requests; what got through and the mismatches with decide()."""
+    mismatches: list[str] = []
+    allowed: Counter[str] = Counter()
+    http_clients: dict[str, HttpClient] = {}
+    grpc_client: GrpcClient | None = None
+    try:
+        for label, request in requests:
+            expected = decide(case.spec, request).allowed
+            if request.protocol == "grpc":
+                grpc_client = grpc_client or GrpcClient(case, identity)
+                code = grpc_client.call(request.path)
+                allowed[request.protocol] += code == grpc.StatusCode.OK
+                if code not in (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED):
+                    mismatches.append(f"{label}: unexpected gRPC status {code.name}")
+                elif (code == grpc.StatusCode.OK) != expected:
+                    mismatches.append(f"{label}: got {code.name}, decide() says allowed={expected}")
+                continue
+            client = http_clients.setdefault(request.protocol, HttpClient(case, identity, request.protocol))
+            status = client.send(request.method, request.path)
+            allowed[request.protocol] += 200 <= status < 300
+            if status != 403 and not 200 <= status < 300:
+                mismatches.append(f"{label}: unexpected HTTP status {status}")
+            elif (status != 403) != expected:
+                mismatches.append(f"{label}: got {status}, decide() says allowed={expected}")
+    finally:
+        for http_client in http_clients.values():
+            http_client.close()
+        if grpc_client is not None:
+            grpc_client.close()
+    return Observed(mismatches, allowed)
+
+
+def _run_matrix(running: RunningCase) -> tuple[int, Counter[str], list[str]]:
+    """(requests sent, allowed per protocol, mismatches with decide()) for the case's full matrix."""
+    # Identity holds a headers dict (unhashable): group by its parts, one connection set per identity.
+    by_identity: dict[tuple[object, ...], list[tuple[str, Request]]] = defaultdict(list)
+    for label, request in full_matrix(running.spec, LOOPBACK_OUTSIDER_IP):
+        who = request.identity
+        by_identity[(who.principal, who.source_ip, tuple(who.headers.items()))].append((label, request))
+    total = sum(len(requests) for requests in by_identity.values())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda requests: _observe(running, requests[0][1].identity, requests),
+                                by_identity.values()))
+    mismatches = [m for result in results for m in result.mismatches]
+    allowed = sum((result.allowed for result in results), Counter[str]())
+    print(f"envoy matrix: {total} requests, {len(by_identity)} identities, allowed {dict(allowed)}, "
+          f"{len(mismatches)} mismatches")
+    return total, allowed, mismatches
+
+
+def test_matrix_matches_decide(running: RunningCase) -> None:
+    total, allowed, mismatches = _run_matrix(running)
+    if any(rule.action == "allow" for rule in running.spec.rules):
+        assert allowed, "nothing was allowed at all: the matrix would not notice a deny-everything proxy"
+    assert not mismatches, f"{len(mismatches)} of {total} requests differ from decide():\n" + "\n".join(
+        mismatches[:20])
+
+
+# Bypass probes on headers-and-ips (addresses and headers: no TLS in the way of raw paths).
+# lb (127.0.1.0/24 in the loopback variant) may infer on `simple` only; nobody may touch the
+# repository; admin (header + 127.0.3.0/24) may use the repository except for model `simple` (deny).
+LB_IP, ADMIN_IP = "127.0.1.1", "127.0.3.1"
+ADMIN_HEADERS = {"x-triton-admin": "S3cret-Token"}
+PROBES: list[tuple[str, str, str, dict[str, str]]] = [
+    # (source ip, method, raw path, extra headers) -- every one aims at an endpoint the identity is denied
+    (LOOPBACK_OUTSIDER_IP, "GET", "/v2/health/../repository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/health/live/../../repository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/health/%2e%2e/repository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/health/%2E%2E/%2e%2e/v2/repository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "//v2//repository//index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/repository%2Findex", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/health%2F..%2Frepository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/V2/repository/index", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/repository/index/", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/repository/index?x=/v2/health/live", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/repository/index#/v2/health/live", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/repository/index;/v2/health/live", {}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/models/simple/infer", {"x-forwarded-for": LB_IP}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/models/simple/infer", {"x-forwarded-for": f"{LB_IP}, {LB_IP}"}),
+    (LOOPBACK_OUTSIDER_IP, "POST", "/v2/models/simple/infer", {"x-real-ip": LB_IP, "forwarded": f"for={LB_IP}"}),
+    (LB_IP, "POST", "/v2/models/simple/../other/infer", {}),
+    (LB_IP, "POST", "/v2/models/simple/infer/../../other/infer", {}),
+    (LB_IP, "POST", "/v2/models/simple%2F..%2Fother/infer", {}),
+    (LB_IP, "POST", "/v2/models/simple%2f..%2fother/infer", {}),
+    (LB_IP, "POST", "/v2/models/simple%5C..%5Cother/infer", {}),
+    (LB_IP, "POST", "/v2/models/./other/infer", {}),
+    (LB_IP, "POST", "/v2/models/other/infer?model=simple", {}),
+    (LB_IP, "POST", "/v2/models/Other/../other/infer", {}),
+    (ADMIN_IP, "POST", "/v2/repository/models/./simple/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/x/../simple/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models//simple/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/simple/load/", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/simple/./load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/sim%70le/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/%73imple/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/simple%2Fload", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/V2/repository/models/simple/load", {**ADMIN_HEADERS}),
+    (ADMIN_IP, "POST", "/v2/repository/models/simple/load?x=1", {**ADMIN_HEADERS}),
+]
+# Denied endpoints in the backend's canonical form: none of them may ever arrive there.
+DENIED_AT_BACKEND = ("/v2/repository/index", "/v2/models/other/infer", "/v2/models/simple/infer",
+                     "/v2/repository/models/simple/load")
+
+
+@pytest.mark.parametrize("running", ["headers-and-ips"], indirect=True)
+def test_bypass_probes_never_reach_denied_endpoints(running: RunningCase) -> None:
+    before = len(running.backend.http_seen)
+    statuses = []
+    lock = threading.Lock()
+    for source_ip, method, path, headers in PROBES:
+        client = HttpClient(running, Identity(source_ip=source_ip), "http")
+        try:
+            status = client.send(method, path, headers)
+        finally:
+            client.close()
+        with lock:
+            statuses.append((status, method, path, source_ip))
+    leaked = running.backend.http_seen[before:]
+    reached = [entry for entry in leaked
+               if entry.split(" ", 1)[1].split("?", 1)[0].split("#", 1)[0] in DENIED_AT_BACKEND]
+    allowed = [entry for entry in statuses if 200 <= entry[0] < 300]
+    print("probe statuses:", statuses, "backend saw:", leaked)
+    assert not reached and not allowed, f"reached backend: {leaked}\nstatuses: {statuses}"
+
+
+def test_dry_run_denies_nothing_and_the_matrix_notices(tmp_path: Path) -> None:
+    """Negative control: shadow rules never deny, so every request decide() denies is a mismatch."""
+    with start_case("headers-and-ips", tmp_path, dry_run=True) as running:
+        total, allowed, mismatches = _run_matrix(running)
+    denied = sum(not decide(running.spec, request).allowed for _, request in full_matrix(
+        running.spec, LOOPBACK_OUTSIDER_IP))
+    assert sum(allowed.values()) == total
+    assert len(mismatches) == denied > 0
