@@ -1,0 +1,242 @@
+"""NGINX target: goldens, ``nginx -t`` and crossplane on every output, quoting, and refusals (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import crossplane  # type: ignore[import-untyped]
+import pytest
+
+from meshgen.errors import TargetError
+from meshgen.policy import Policy, compile_policy
+from meshgen.spec import load_spec_text
+from meshgen.targets import nginx
+from meshgen.targets.nginx_quote import nginx_arg, regex_literal
+from tests.support.goldens import GOLDEN_DIR, assert_golden, golden_cases, load_case
+from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+
+# Cases whose spec has no standalone addresses get these in the golden (the drop-in needs upstreams).
+GOLDEN_LISTEN = {"http": "127.0.0.1:18080", "grpc": "127.0.0.1:18081", "metrics": "127.0.0.1:18082"}
+GOLDEN_UPSTREAM = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001", "metrics": "127.0.0.1:8002"}
+
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
+
+
+def _policy(case: str) -> Policy:
+    return compile_policy(load_case(case))
+
+
+def _generate(case: str, **kwargs: object) -> str:
+    policy = _policy(case)
+    addresses = {} if policy.standalone else {"listen_overrides": GOLDEN_LISTEN,
+                                             "upstream_overrides": GOLDEN_UPSTREAM}
+    return nginx.generate(policy, **addresses, **kwargs)  # type: ignore[arg-type]
+
+
+def _expressible(case: str) -> bool:
+    return not any(c.principals or c.namespaces for c in _policy(case).clients)
+
+
+EXPRESSIBLE = [case for case in golden_cases() if _expressible(case)]
+INEXPRESSIBLE = [case for case in golden_cases() if not _expressible(case)]
+
+
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+def test_golden_dropin(case: str, update_goldens: bool) -> None:
+    assert_golden(case, "nginx.conf", _generate(case), update_goldens)
+
+
+@pytest.mark.parametrize("case", INEXPRESSIBLE)
+def test_golden_error_for_identities_nginx_cannot_check(case: str, update_goldens: bool) -> None:
+    with pytest.raises(TargetError) as raised:
+        _generate(case)
+    assert_golden(case, "nginx.error", str(raised.value) + "\n", update_goldens)
+    assert not (GOLDEN_DIR / case / "nginx.conf").exists(), "a stale nginx.conf golden would suggest support"
+
+
+def test_every_case_is_covered() -> None:
+    assert set(EXPRESSIBLE) >= {"default-deny", "deny-allow-overlap", "every-category", "headers-and-ips"}
+
+
+def _full(case: str, prefix: str | None = None) -> str:
+    return _generate(case, full=True, daemon=False, prefix=prefix)
+
+
+@needs_nginx
+@pytest.mark.nginx
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+@pytest.mark.parametrize("absolute_prefix", [False, True])
+def test_full_config_passes_nginx_t(case: str, absolute_prefix: bool, tmp_path: Path) -> None:
+    prefix = make_prefix()
+    try:
+        config = tmp_path / "nginx.conf"
+        config.write_text(_full(case, str(prefix) if absolute_prefix else None), encoding="utf-8")
+        result = nginx_test(config, prefix)
+        assert result.returncode == 0, result.stderr
+        assert "warn" not in result.stderr, result.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+
+
+@needs_nginx
+@pytest.mark.nginx
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+def test_dropin_passes_nginx_t_inside_http(case: str, tmp_path: Path) -> None:
+    """The drop-in as conf.d/*.conf would hold it: included from a minimal http{}."""
+    prefix = make_prefix()
+    try:
+        (prefix / "dropin.conf").write_text(_generate(case), encoding="utf-8")
+        config = tmp_path / "nginx.conf"
+        config.write_text(
+            "pid nginx.pid; error_log error.log; events {}\nhttp {\n"
+            "client_body_temp_path cb; proxy_temp_path px; fastcgi_temp_path fc; uwsgi_temp_path uw; "
+            "scgi_temp_path sc; access_log off;\n"
+            f"include {prefix}/dropin.conf;\n}}\n", encoding="utf-8")
+        result = nginx_test(config, prefix)
+        assert result.returncode == 0, result.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+
+
+def _directives(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for directive in parsed:
+        found.append(directive)
+        found += _directives(directive.get("block", []))
+    return found
+
+
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+def test_full_config_parses_with_crossplane(case: str, tmp_path: Path) -> None:
+    config = tmp_path / "nginx.conf"
+    config.write_text(_full(case), encoding="utf-8")
+    payload = crossplane.parse(str(config), single=True, check_ctx=True, check_args=True)
+    assert payload["status"] == "ok", payload["errors"]
+    directives = _directives(payload["config"][0]["parsed"])
+    names = [d["directive"] for d in directives]
+    assert "limit_except" not in names, "limit_except GET lets HEAD through"
+    assert sum(1 for d in directives if d["directive"] == "server" and "block" in d) == 3
+    assert "daemon" in names and "realip" not in " ".join(map(str, names))
+    for directive in directives:
+        if directive["directive"] == "if":
+            body = [d["directive"] for d in directive.get("block", [])]
+            assert body == ["return"], f"only 'return' inside if (line {directive['line']})"
+        if directive["directive"] == "map":
+            for entry in directive["block"]:
+                key = entry["directive"]
+                # Plain map keys compare case-insensitively: only default, 0/1 flag strings and regexes.
+                assert key == "default" or set(key) <= {"0", "1"} or key.startswith("~"), key
+                assert not key.startswith("~*"), key
+
+
+def test_every_location_denies_or_checks_the_method() -> None:
+    policy = _policy("deny-allow-overlap")
+    context = nginx.build_context(policy, GOLDEN_LISTEN, GOLDEN_UPSTREAM)
+    for server in context["servers"]:
+        for location in server["locations"]:
+            assert location.deny_all or location.checks[0].variable.startswith(("request_method", "mg_method"))
+
+
+def test_full_paths_relative_by_default_or_under_prefix() -> None:
+    relative = _full("default-deny")
+    assert "pid nginx.pid;" in relative and "daemon off;" in relative
+    for name in nginx.TEMP_PATHS:
+        assert f"{name}_temp_path {name}_temp;" in relative
+    absolute = _generate("default-deny", full=True, daemon=True, prefix="/srv/mg/")
+    assert "pid /srv/mg/nginx.pid;" in absolute and "daemon off" not in absolute
+    with pytest.raises(TargetError, match="absolute"):
+        _generate("default-deny", full=True, prefix="relative/dir")
+    with pytest.raises(TargetError, match="cannot write"):
+        _generate("default-deny", full=True, prefix="/srv/$evil")
+
+
+def test_dropin_needs_addresses() -> None:
+    with pytest.raises(TargetError, match="no listen address for the http port"):
+        nginx.generate(_policy("default-deny"))
+
+
+def test_dry_run_is_refused_rather_than_enforcing() -> None:
+    with pytest.raises(TargetError, match="dry-run"):
+        _generate("default-deny", dry_run=True)
+
+
+@pytest.mark.parametrize(("value", "written"), [
+    ("plain/path-1.conf", "plain/path-1.conf"),
+    ("with space", '"with space"'),
+    ('q"uote;{}', '"q\\"uote;{}"'),
+    ("^/v2/[^/]+\\z", '"^/v2/[^/]+\\z"'),  # nginx keeps a backslash that starts no escape
+    ("a\\tb", '"a\\\\tb"'),  # ... and unescapes \\t to a tab, so that one is doubled
+])
+def test_nginx_arg_quotes_values(value: str, written: str, tmp_path: Path) -> None:
+    assert nginx_arg(value) == written
+    if "\\\\" not in written:  # crossplane does not unescape backslashes, nginx does
+        config = tmp_path / "x.conf"
+        config.write_text(f"x {written};\n", encoding="utf-8")
+        parsed = crossplane.parse(str(config), single=True, check_ctx=False, check_args=False)
+        assert parsed["config"][0]["parsed"][0]["args"] == [value]
+
+
+@pytest.mark.parametrize("value", ["$host", "new\nline", "tab\t", "caf\u00e9"])
+def test_nginx_arg_refuses_what_it_cannot_hold(value: str) -> None:
+    with pytest.raises(TargetError):
+        nginx_arg(value)
+
+
+def test_regex_literal_escapes_everything_but_word_characters() -> None:
+    assert regex_literal("churn.v2-a_b") == "churn\\x2ev2\\x2da_b"
+
+
+# --- refusals through the CLI: exit 2 and nothing written -------------------------------------------
+
+SPEC_TEMPLATE = """apiVersion: meshgen/v1
+kind: TritonAccessPolicy
+metadata: {{name: probe, namespace: n}}
+workload: {{selector: {{app: t}}}}
+clients:
+  key: {{headers: {{x-key: {header}}}}}
+rules:
+  - {{allow: [inference], models: [{model}], from: [key]}}
+standalone:
+  listen: {{http: "127.0.0.1:1", grpc: "127.0.0.1:2", metrics: "127.0.0.1:3"}}
+  upstream: {{http: "127.0.0.1:4", grpc: "127.0.0.1:5", metrics: "127.0.0.1:6"}}
+"""
+HOSTILE = [";", "}", "{", '"', "'", " x", "|", "$", "\\n"]
+
+
+def _cli(spec: str, output: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshgen", "nginx", "-", "--full", "-o", str(output)],
+                          input=spec, capture_output=True, text=True, check=False)
+
+
+def test_probe_spec_itself_is_accepted(tmp_path: Path) -> None:
+    result = _cli(SPEC_TEMPLATE.format(header='"Key-1"', model="ok"), tmp_path / "out.conf")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_model_name_is_refused_before_writing(hostile: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.conf"
+    model = '"evil' + hostile.replace('"', '\\"') + 'x"'
+    result = _cli(SPEC_TEMPLATE.format(header='"Key-1"', model=model), out)
+    assert result.returncode == 2, (model, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_header_value_is_refused_before_writing(hostile: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.conf"
+    header = '"Key' + hostile.replace('"', '\\"') + 'x"'
+    result = _cli(SPEC_TEMPLATE.format(header=header, model="ok"), out)
+    assert result.returncode == 2, (header, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and not out.exists()
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line or line.startswith("error:")]
+    assert len(errors) == 1 and "x-key" in errors[0], result.stderr
+
+
+def test_header_value_refusal_names_client_and_character() -> None:
+    loaded = load_spec_text(SPEC_TEMPLATE.format(header='"a|b"', model="ok").encode(), "<probe>")
+    with pytest.raises(TargetError, match=r"client 'key' header 'x-key'.*'\|'"):
+        nginx.generate(compile_policy(loaded))

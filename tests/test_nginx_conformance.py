@@ -1,0 +1,256 @@
+"""A real nginx, generated with --full, in front of a backend that answers everything: every request of
+the matrix must be allowed or denied exactly as ``decide()`` says, and no bypass probe may get through.
+
+HTTP/1.1 goes out with http.client bound to each identity's 127.0.x.y source; gRPC (h2c) through
+grpcio via a SourceRelay from that source. grpcio refuses upper-case metadata keys on the client side,
+so identities that send a header name in upper case (the "~<header>-upper" near misses) are only
+checked over HTTP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import posixpath
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from meshgen.policy import Identity, Request, compile_policy, decide
+from meshgen.spec import LoadedSpec, Spec
+from meshgen.targets import nginx
+from tests.support.backend import Backend, grpc_call_on
+from tests.support.goldens import golden_cases, load_case
+from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
+from tests.support.nginx_process import NGINX, NginxProcess, free_port
+from tests.support.relay import SourceRelay
+
+pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
+
+MAX_REPORTED = 20
+
+
+def _expressible(case: str) -> bool:
+    return not any(c.principals or c.namespaces for c in load_case(case).spec.clients.values())
+
+
+EXPRESSIBLE = [case for case in golden_cases() if _expressible(case)]
+
+
+@dataclass
+class Proxy:
+    spec: Spec
+    backend: Backend
+    ports: dict[str, int]
+
+
+@pytest.fixture(scope="module", params=EXPRESSIBLE)
+def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
+    loaded = load_case(request.param)
+    spec = loopback_variant(loaded.spec)
+    policy = compile_policy(LoadedSpec(spec, loaded.source))
+    with Backend() as backend:
+        ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+        text = nginx.generate(
+            policy, full=True, daemon=False, prefix=None,
+            listen_overrides={name: f"127.0.0.1:{port}" for name, port in ports.items()},
+            upstream_overrides={"http": f"127.0.0.1:{backend.http_port}",
+                                "grpc": f"127.0.0.1:{backend.grpc_port}",
+                                "metrics": f"127.0.0.1:{backend.http_port}"},
+        )
+        with NginxProcess(text, list(ports.values())):
+            yield Proxy(spec, backend, ports)
+
+
+def http_status(proxy: Proxy, request: Request, port: str | None = None,
+                headers: list[tuple[str, str]] | None = None) -> int:
+    identity = request.identity
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", proxy.ports[port or request.protocol], timeout=10,
+        source_address=(identity.source_ip or "127.0.0.1", 0),
+    )
+    try:
+        connection.putrequest(request.method, request.path, skip_accept_encoding=True)
+        for name, value in headers if headers is not None else identity.headers.items():
+            connection.putheader(name, value)
+        body = b"{}" if request.method in ("POST", "PUT", "PATCH") else b""
+        if body:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_matrix_matches_decide(proxy: Proxy) -> None:
+    mismatches: list[str] = []
+    skipped_grpc = 0
+    grpc_requests: dict[str, list[tuple[str, Request]]] = {}
+    total = 0
+    for label, request in full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP):
+        total += 1
+        expected = decide(proxy.spec, request).allowed
+        if request.protocol == "grpc":
+            if any(name != name.lower() for name in request.identity.headers):
+                skipped_grpc += 1
+                continue
+            grpc_requests.setdefault(request.identity.source_ip or "127.0.0.1", []).append((label, request))
+            continue
+        status = http_status(proxy, request)
+        if status not in (403,) and not 200 <= status < 300:
+            mismatches.append(f"{label}: unexpected HTTP {status}")
+        elif (200 <= status < 300) != expected:
+            mismatches.append(f"{label}: nginx {'allowed' if status != 403 else 'denied'}, decide() "
+                              f"{'allows' if expected else 'denies'}")
+    for source_ip, calls in grpc_requests.items():
+        with SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay, \
+                grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
+            for label, request in calls:
+                metadata = list(request.identity.headers.items())
+                code = grpc_call_on(channel, request.path, metadata)
+                expected = decide(proxy.spec, request).allowed
+                if code not in (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED):
+                    mismatches.append(f"{label}: unexpected gRPC status {code.name}")
+                elif (code == grpc.StatusCode.OK) != expected:
+                    mismatches.append(f"{label}: nginx {code.name}, decide() {'allows' if expected else 'denies'}")
+    print(f"matrix: {total} requests, {skipped_grpc} gRPC requests with upper-case metadata keys skipped")
+    assert not mismatches, f"{len(mismatches)} of {total} mismatches:\n" + "\n".join(mismatches[:MAX_REPORTED])
+
+
+def test_denied_grpc_is_permission_denied_with_a_message(proxy: Proxy) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel, \
+            pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary("/inference.GRPCInferenceService/Unknown")(b"", timeout=5)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert "permission denied" in (raised.value.details() or "")  # type: ignore[attr-defined]
+
+
+# --- bypass probes ----------------------------------------------------------------------------------
+
+NON_CANONICAL = ("%", "//", "/./", "/../", "/.")  # ";x" and "." are plain characters of a segment
+
+
+def _normalized(path: str) -> str:
+    raw = urllib.parse.unquote(path.split("?", 1)[0])
+    return posixpath.normpath(raw.replace("//", "/")).rstrip("\n")
+
+
+def _variants(path: str) -> list[str]:
+    head, _, last = path.rpartition("/")
+    first = path.split("/")[1]
+    return [
+        f"{head}/x/../{last}", f"{head}/./{last}", f"{head}//{last}", path.replace("/", "//", 1),
+        f"{head}%2F{last}", f"{head}/x/%2e%2e/{last}", f"{head}/%2E/{last}", f"{path}%0A", f"{path}%00",
+        f"{head}/{last[:-1]}%{ord(last[-1]):02X}", f"{head}/{last[:-1]}%{ord(last[-1]):02x}",
+        path.upper(), path.replace(first, first.upper(), 1), f"{head}/{last.upper()}", f"{path}/",
+        f"{path}?q=1", f"{path}#frag", f"{path};x", f"{path}.", f"/.{path}", f"{path}%20",
+    ]
+
+
+def _probe_targets(spec: Spec) -> list[tuple[str, str]]:
+    """(method, path) pairs that some identity of the matrix is denied on the http/metrics ports."""
+    targets = [("POST", "/v2/repository/models/simple/load"), ("GET", "/v2/models/stats"),
+               ("GET", "/v2/logging"), ("POST", "/v2/models/protected/infer"),
+               ("POST", "/v2/repository/models/protected/load"), ("GET", "/v2/models/unlisted_model"),
+               ("GET", "/v2/health/live"), ("GET", "/v2/systemsharedmemory/status")]
+    return targets
+
+
+def _identities(spec: Spec) -> list[Identity]:
+    seen: dict[tuple[object, ...], Identity] = {}
+    for _, request in full_matrix(spec, LOOPBACK_OUTSIDER_IP):
+        identity = request.identity
+        seen.setdefault((identity.source_ip, tuple(sorted(identity.headers.items()))), identity)
+    return list(seen.values())
+
+
+def test_path_bypass_probes(proxy: Proxy) -> None:
+    failures: list[str] = []
+    for identity in _identities(proxy.spec):
+        for method, path in _probe_targets(proxy.spec):
+            canonical_allowed = decide(proxy.spec, Request("http", method, path, identity)).allowed
+            for probe in _variants(path):
+                before = len(proxy.backend.http_seen)
+                status = http_status(proxy, Request("http", method, probe, identity))
+                reached = proxy.backend.http_seen[before:]
+                who = f"{method} {probe!r} from {identity.source_ip} {dict(identity.headers)}"
+                if any(marker in probe.split("?", 1)[0] for marker in NON_CANONICAL) or "#" in probe:
+                    # Triton may decode or normalize these: they must never reach it.
+                    if 200 <= status < 300 or reached:
+                        failures.append(f"{who}: non-canonical path got {status}, backend saw {reached}")
+                    continue
+                expected = decide(proxy.spec, Request("http", method, probe, identity)).allowed
+                if (200 <= status < 300) != expected:
+                    failures.append(f"{who}: HTTP {status}, decide() {'allows' if expected else 'denies'}")
+                if not canonical_allowed and any(_normalized(r.split(" ", 1)[1]) == path for r in reached):
+                    failures.append(f"{who}: denied endpoint {path} reached the backend as {reached}")
+    assert not failures, f"{len(failures)} bypasses:\n" + "\n".join(failures[:MAX_REPORTED])
+
+
+def test_header_bypass_probes(proxy: Proxy) -> None:
+    """Near misses of every identity header: case of the value, name spelled with '_', extra text."""
+    failures: list[str] = []
+    for name, client in proxy.spec.clients.items():
+        if not client.headers:
+            continue
+        source_ip = (client.ip_blocks[0].split("/")[0].rsplit(".", 1)[0] + ".5") if client.ip_blocks else \
+            LOOPBACK_OUTSIDER_IP
+        good = {header: str(value) for header, value in client.headers.items()}
+        for header, value in good.items():
+            others = [(h, v) for h, v in good.items() if h != header]
+            near_misses = [
+                [*others, (header, value.upper())], [*others, (header, value.lower())],
+                [*others, (header, value.swapcase())], [*others, (header.replace("-", "_"), value)],
+                [*others, (header, value + "x")], [*others, (header, "x" + value)],
+                [*others, (header, value[:-1])], [*others, (header, value + " x")],
+                [*others, ("x-forwarded-" + header, value)],
+            ]
+            for headers in near_misses:
+                identity = Identity(source_ip=source_ip, headers=dict(headers))
+                for method, path in [("GET", "/v2/logging"), ("GET", "/v2"), ("POST", "/v2/repository/index"),
+                                     ("POST", "/v2/models/m/infer"), ("GET", "/v2/models/stats")]:
+                    expected = decide(proxy.spec, Request("http", method, path, identity)).allowed
+                    status = http_status(proxy, Request("http", method, path, identity), headers=headers)
+                    if (200 <= status < 300) != expected:
+                        failures.append(f"client {name} {headers} {method} {path}: HTTP {status}, decide() "
+                                        f"{'allows' if expected else 'denies'}")
+    assert not failures, "\n".join(failures[:MAX_REPORTED])
+
+
+def test_grpc_path_probes(proxy: Proxy) -> None:
+    """Method paths nginx does not grant exactly never reach the backend."""
+    probes = ["/inference.GRPCInferenceService/modelinfer", "/INFERENCE.GRPCInferenceService/ModelInfer",
+              "/inference.GRPCInferenceService//ModelInfer", "/inference.GRPCInferenceService/./ModelInfer",
+              "/inference.GRPCInferenceService/ModelInfer/", "/inference.GRPCInferenceService/ModelInfer?x=1",
+              "/inference.GRPCInferenceService/Model%49nfer", "//inference.GRPCInferenceService/ModelInfer"]
+    with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel:
+        for probe in probes:
+            before = len(proxy.backend.grpc_seen)
+            code = grpc_call_on(channel, probe, [])
+            assert code != grpc.StatusCode.OK, probe
+            assert proxy.backend.grpc_seen[before:] == [], (probe, proxy.backend.grpc_seen[before:])
+
+
+def test_large_body_is_not_limited(proxy: Proxy) -> None:
+    """No 1 MB client_max_body_size: a 3 MB inference body reaches the backend where allowed."""
+    for _, request in full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP):
+        if request.protocol == "http" and request.method == "POST" and request.path.endswith("/infer") \
+                and decide(proxy.spec, request).allowed:
+            break
+    else:
+        pytest.skip("no identity may infer over HTTP in this case")
+    identity = request.identity
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.ports["http"], timeout=30,
+                                            source_address=(identity.source_ip or "127.0.0.1", 0))
+    try:
+        connection.request("POST", request.path, body=b"0" * (3 << 20), headers=dict(identity.headers))
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+    finally:
+        connection.close()
