@@ -23,6 +23,8 @@ class MeshgenError(Exception):
     """A failure the user can fix; never shown with a traceback."""
 
     def __init__(self, message: str, location: SourceLocation | None = None) -> None:
+        # Diagnostics are one line each: tools and humans read them with grep and in CI logs.
+        message = " ".join(message.split())
         super().__init__(message)
         self.message = message
         self.location = location

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# CI runs are reproducible (derandomized); `--hypothesis-profile=deep` explores 2,000+ random examples.
+settings.register_profile("default", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("deep", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile("default")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -128,8 +128,10 @@ class _Builder:
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         try:
             return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"invalid value: {exc}", here) from None
+        except yaml.MarkedYAMLError as exc:
+            raise SpecError(f"invalid value: {exc.problem or exc.context}", here) from None
+        except yaml.YAMLError:
+            raise SpecError("invalid value", here) from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
