@@ -29,18 +29,22 @@ class Bundle:
 def build_bundle(policy: Policy) -> Bundle:
     from meshgen.targets import envoy, istio, nginx, triton
 
-    files: dict[str, str] = {ISTIO: istio.generate(policy), ENVOY_RBAC: _envoy_filters(envoy.generate, policy)}
-    skipped: dict[str, str] = {}
     no_overrides: dict[str, str | None] = {}
-    optional: dict[str, Callable[[], str]] = {
-        ENVOY_BOOTSTRAP: lambda: envoy.generate(
+
+    def envoy_output(bootstrap: bool) -> str:
+        return envoy.generate(
             policy,
-            bootstrap=True,
+            bootstrap=bootstrap,
             listen_overrides=no_overrides,
             upstream_overrides=no_overrides,
             admin=None,
             dry_run=False,
-        ),
+        )
+
+    files: dict[str, str] = {ISTIO: istio.generate(policy), ENVOY_RBAC: envoy_output(False)}
+    skipped: dict[str, str] = {}
+    optional: dict[str, Callable[[], str]] = {
+        ENVOY_BOOTSTRAP: lambda: envoy_output(True),
         NGINX: lambda: nginx.generate(
             policy,
             full=False,
@@ -64,10 +68,6 @@ def build_bundle(policy: Policy) -> Bundle:
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:" + to_yaml([ISTIO], 0) + "\n"
     )
     return Bundle(dict(sorted(files.items())), skipped)
-
-
-def _envoy_filters(generate: Callable[..., str], policy: Policy) -> str:
-    return generate(policy, bootstrap=False, listen_overrides={}, upstream_overrides={}, admin=None, dry_run=False)
 
 
 def drift(bundle: Bundle, directory: Path) -> list[str]:

@@ -24,11 +24,10 @@ class Finding:
 
 def lint(loaded: LoadedSpec) -> list[Finding]:
     findings = [
-        *_admin_to_anyone(loaded),
+        *_open_to_anyone(loaded),
         *_admin_to_address_only(loaded),
         *_literal_secrets(loaded),
         *_permissive_with_mtls_clients(loaded),
-        *_metrics_to_anyone(loaded),
         *_rules_granting_nothing(loaded),
     ]
     return sorted(findings, key=lambda f: (f.location.line, f.location.column, f.code))
@@ -38,16 +37,23 @@ def _allow_rules(loaded: LoadedSpec) -> Iterator[tuple[int, Rule]]:
     return ((i, rule) for i, rule in enumerate(loaded.spec.rules) if rule.action == "allow")
 
 
-def _admin_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
+# (code, categories, why) for categories that should never be open to anyone.
+OPEN_TO_ANYONE = (
+    ("MG101", ADMIN_CATEGORIES, "any caller could load models, register shared memory or change logging/tracing"),
+    ("MG105", ("metrics",), "metrics reveal model names and load"),
+)
+
+
+def _open_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
     for index, rule in _allow_rules(loaded):
-        risky = [c for c in rule.categories if c in ADMIN_CATEGORIES]
-        if rule.from_ == "anyone" and risky:
-            yield Finding(
-                "MG101",
-                f"rules[{index}] grants {', '.join(risky)} to anyone: any caller could load models, "
-                "register shared memory or change logging/tracing",
-                loaded.location("rules", index),
-            )
+        if rule.from_ != "anyone":
+            continue
+        for code, categories, why in OPEN_TO_ANYONE:
+            risky = [c for c in rule.categories if c in categories]
+            if risky:
+                yield Finding(
+                    code, f"rules[{index}] opens {', '.join(risky)} to anyone: {why}", loaded.location("rules", index)
+                )
 
 
 def _address_only(client: Client) -> bool:
@@ -114,16 +120,6 @@ def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:
 def _rule_ports(rule: Rule, http: int, grpc: int, metrics: int) -> set[int]:
     ports = {metrics} if "metrics" in rule.categories else set()
     return ports | ({http, grpc} if set(rule.categories) - {"metrics"} else set())
-
-
-def _metrics_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
-    for index, rule in _allow_rules(loaded):
-        if rule.from_ == "anyone" and "metrics" in rule.categories:
-            yield Finding(
-                "MG105",
-                f"rules[{index}] opens metrics to anyone: they reveal model names and load",
-                loaded.location("rules", index),
-            )
 
 
 def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:

@@ -6,14 +6,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 
 ANY_SEGMENT = "*"
 """Marker in a path pattern for one whole, non-empty path segment of any value."""
 
-CATEGORIES: tuple[str, ...] = (
+# Triton's restricted-API categories (src/restricted_features.h, enum order) plus the metrics port.
+Category = Literal[
     "health",
     "metadata",
     "inference",
@@ -24,7 +25,8 @@ CATEGORIES: tuple[str, ...] = (
     "trace",
     "logging",
     "metrics",
-)
+]
+CATEGORIES: tuple[Category, ...] = get_args(Category)
 
 VARIABLES = frozenset({"{model}", "{version}", "{region}", "{repo}"})
 HttpPort = Literal["http", "metrics"]

@@ -13,18 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-Category = Literal[
-    "health",
-    "metadata",
-    "inference",
-    "shared-memory",
-    "model-config",
-    "model-repository",
-    "statistics",
-    "trace",
-    "logging",
-    "metrics",
-]
+from meshgen.catalog.model import Category
+
 PortName = Literal["http", "grpc", "metrics"]
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
