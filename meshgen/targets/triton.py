@@ -98,6 +98,8 @@ def _model_control(policy: Policy) -> Iterator[Flag]:
     ) or any(m.name == "RepositoryModelLoad" for rule in policy.rules_for("allow") for m in rule.grpc)
     if loads:
         yield Flag("Clients may load and unload models (model-repository is granted)", "--model-control-mode=explicit")
+        # Explicit mode starts with no model loaded; the default mode served the whole repository.
+        yield Flag("Explicit mode loads nothing by itself: start with every model of the repository", "--load-model=*")
     else:
         yield Flag(
             "No client may load or unload models: serve the repository as it is at start-up",
