@@ -12,6 +12,19 @@ import yaml
 
 # libyaml is ~10x faster for large policies; the pure-Python dumper emits the same text.
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+# Same for reading back generated output (the targets' self-checks): libyaml parses with the same
+# safe constructor and resolver as yaml.safe_load, ~20x faster on multi-megabyte documents.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` on libyaml when available."""
+    return yaml.load(text, Loader=_Loader)  # a safe loader
+
+
+def load_yaml_all(text: str) -> list[Any]:
+    """``list(yaml.safe_load_all(text))`` on libyaml when available."""
+    return list(yaml.load_all(text, Loader=_Loader))  # a safe loader
 
 
 class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
@@ -19,6 +32,19 @@ class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+# YAML 1.1 readers (Envoy's yaml-cpp, go-yaml behind kubectl) take these plain scalars for booleans,
+# while PyYAML writes them unquoted: a header value "n" would turn into false.
+_YAML11_BOOLEANS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false"})
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value.lower() in _YAML11_BOOLEANS else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 _WIDTH = 1 << 30  # never fold long strings: one value, one line

@@ -14,7 +14,7 @@ from meshgen.policy import Policy, compile_policy
 from meshgen.spec import LoadedSpec
 from meshgen.spec.model import Standalone, Tls
 from meshgen.targets import envoy
-from meshgen.targets.envoy_rbac import check_uri_template, path_matcher
+from meshgen.targets.envoy_rbac import HEADER_INPUT, HEADER_INPUT_TYPE, path_predicates
 from tests.support.envoy_process import free_port, validate
 from tests.support.goldens import golden_cases, load_case
 from tests.support.pki import TestCA
@@ -23,6 +23,8 @@ from tests.support.pki import TestCA
 # bootstrap is generated with these (fixed, documented) TLS paths added, to show the mTLS listeners.
 GOLDEN_TLS = Tls(cert="/etc/envoy/tls/server.crt", key="/etc/envoy/tls/server.key",
                  clientCA="/etc/envoy/tls/client-ca.crt")
+
+ANY_INPUT = {"name": HEADER_INPUT, "typed_config": {"@type": HEADER_INPUT_TYPE, "header_name": ":path"}}
 
 
 def _policy(loaded: LoadedSpec) -> Policy:
@@ -64,45 +66,75 @@ def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
     return loaded
 
 
+def _default(entry: dict[str, Any], field: str = "matcher") -> str:
+    action: str = entry["typed_config"][field]["on_no_match"]["action"]["typed_config"]["action"]
+    return action
+
+
+def _entries(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = entry["typed_config"]["matcher"]["matcher_list"]["matchers"]
+    return entries
+
+
+def _action_names(value: Any) -> set[str]:
+    """Every RBAC action name anywhere under ``value``."""
+    if isinstance(value, dict):
+        found = {value["name"]} if value.get("@type", "").endswith("rbac.v3.Action") else set()
+        return found.union(*(_action_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_action_names(v) for v in value))
+    return set()
+
+
 def test_deny_filter_comes_first_and_only_when_needed() -> None:
     filters = _filters(_policy(load_case("headers-and-ips")))
-    assert [f["typed_config"]["rules"]["action"] for f in filters] == ["DENY", "ALLOW"]
+    # The DENY filter passes what no deny entry matches; the ALLOW filter denies it.
+    assert [_default(f) for f in filters] == ["ALLOW", "DENY"]
+    assert {e["on_match"]["action"]["typed_config"]["action"] for e in _entries(filters[0])
+            if "action" in e["on_match"]} == {"DENY"}
     prefixes = {f["typed_config"]["rules_stat_prefix"] for f in filters}
     assert len(prefixes) == 2
     without_deny = _filters(_policy(load_case("identity-kinds")))
-    assert [f["typed_config"]["rules"]["action"] for f in without_deny] == ["ALLOW"]
+    assert [_default(f) for f in without_deny] == ["DENY"]
 
 
 def test_policy_names_and_identity_matchers() -> None:
     filters = _filters(_policy(load_case("identity-kinds")))
-    policies = filters[-1]["typed_config"]["rules"]["policies"]
-    assert "rules[0]-from[by-principal]" in policies
-    principal = policies["rules[0]-from[by-principal]"]["principals"][0]
-    assert principal["or_ids"]["ids"][0] == {
-        "authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/a/sa/one"}}}
-    namespace = policies["rules[0]-from[by-namespace]"]["principals"][0]["or_ids"]["ids"][0]
-    assert namespace["authenticated"]["principal_name"]["safe_regex"]["regex"] == \
-        r"spiffe://[^/]+/ns/team\-x/sa/[^/]+"
-    both = policies["rules[1]-from[principal-and-ip]"]["principals"][0]["and_ids"]["ids"]
-    assert both[1] == {"direct_remote_ip": {"address_prefix": "10.50.0.0", "prefix_len": 16}}
+    names = _action_names(filters[-1])
+    assert "rules[0]-from[by-principal]" in names and "rules[1]-from[principal-and-ip]" in names
+    text = yaml.safe_dump(filters[-1])
+    assert "envoy.matching.inputs.uri_san" in text and "exact: spiffe://cluster.local/ns/a/sa/one" in text
+    assert r"regex: spiffe://[^/]+/ns/team\-x/sa/[^/]+" in text
+    assert "envoy.matching.inputs.direct_source_ip" in text and "address_prefix: 10.50.0.0" in text
 
 
 def test_destination_port_only_in_filter_output() -> None:
     policy = _policy(load_case("headers-and-ips"))
-    assert "destination_port" in envoy.generate(policy)
+    assert "envoy.matching.inputs.destination_port" in envoy.generate(policy)
     assert "destination_port" not in envoy.generate(policy, bootstrap=True)
 
 
-def test_excluded_stats_path_uses_not_rule() -> None:
+def test_excluded_stats_path_uses_not_matcher() -> None:
     text = envoy.generate(_policy(load_case("every-category")))
-    assert "not_rule" in text and "/v2/models/stats" in text
+    assert "not_matcher" in text and "exact: /v2/models/stats" in text
 
 
-def test_dry_run_uses_shadow_rules_only() -> None:
+def test_per_model_grants_are_a_trie_behind_a_shape_gate() -> None:
+    filters = _filters(_policy(load_case("per-model")))
+    tries = [e for e in _entries(filters[-1]) if "matcher" in e["on_match"]]
+    keys = {key for e in tries for kind in ("prefix_match_map", "exact_match_map")
+            for key in e["on_match"]["matcher"]["matcher_tree"].get(kind, {}).get("map", {})}
+    assert {"/v2/models/fraud-detect/", "/v2/models/churn.v2", "/v2/models/churn.v2?"} <= keys
+    # No regex ever lists model names: the RE2 program size does not grow with the models.
+    regexes = [line for line in yaml.safe_dump(filters).splitlines() if "regex:" in line]
+    assert not any("fraud" in line or "churn" in line for line in regexes)
+
+
+def test_dry_run_uses_shadow_matcher_only() -> None:
     for entry in _filters(_policy(load_case("headers-and-ips")), dry_run=True):
         config = entry["typed_config"]
-        assert "rules" not in config and "rules_stat_prefix" not in config
-        assert config["shadow_rules"]["policies"] and config["shadow_rules_stat_prefix"]
+        assert "matcher" not in config and "rules" not in config and "rules_stat_prefix" not in config
+        assert config["shadow_matcher"]["matcher_list"]["matchers"] and config["shadow_rules_stat_prefix"]
 
 
 def test_bootstrap_needs_tls_for_principals() -> None:
@@ -124,17 +156,13 @@ def test_admin_only_when_asked() -> None:
         envoy.generate(policy, bootstrap=True, admin="nonsense")
 
 
-@pytest.mark.parametrize("template", ["v2/models/*", "/v2//infer", "/v2/models/{model}", "/v2/mo%64els/*",
-                                      "/v2/a*b", "/*/*/*/*/*/*"])
-def test_malformed_uri_templates_are_rejected(template: str) -> None:
-    with pytest.raises(TargetError):
-        check_uri_template(template)
-
-
-def test_uri_template_for_wildcards_exact_otherwise() -> None:
-    assert path_matcher(("v2", "health", "live")) == {"url_path": {"path": {"exact": "/v2/health/live"}}}
-    template = path_matcher(("v2", "models", "*", "infer"))["uri_template"]
-    assert template["typed_config"]["path_template"] == "/v2/models/*/infer"
+def test_path_predicates_read_the_raw_path_with_its_query() -> None:
+    assert path_predicates(("v2", "health", "live")) == [
+        {"single_predicate": {"input": ANY_INPUT, "value_match": {"exact": "/v2/health/live"}}},
+        {"single_predicate": {"input": ANY_INPUT, "value_match": {"prefix": "/v2/health/live?"}}},
+    ]
+    [wild] = path_predicates(("v2", "models", "*", "infer"))
+    assert wild["single_predicate"]["value_match"]["safe_regex"]["regex"] == r"/v2/models/[^/?]+/infer(?:\?.*)?"
 
 
 def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool = False) -> Path:

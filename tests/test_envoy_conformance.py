@@ -13,7 +13,7 @@ import http.client
 import ssl
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,7 +61,14 @@ def _needs_mtls(spec: Spec) -> bool:
 @contextmanager
 def start_case(case: str, directory: Path, *, dry_run: bool = False) -> Iterator[RunningCase]:
     """Envoy with the case's loopback bootstrap in front of a fresh Backend, stopped on exit."""
-    loaded = load_case(case)
+    with start_spec(load_case(case), directory, dry_run=dry_run) as running_case:
+        yield running_case
+
+
+@contextmanager
+def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) -> Iterator[RunningCase]:
+    """Envoy with the spec's loopback bootstrap in front of a fresh Backend, stopped on exit
+    (also used by tests/test_properties.py for generated specs)."""
     spec = loopback_variant(loaded.spec)
     ca = None
     if _needs_mtls(spec):
@@ -205,11 +212,13 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
     return Observed(mismatches, allowed)
 
 
-def _run_matrix(running: RunningCase) -> tuple[int, Counter[str], list[str]]:
-    """(requests sent, allowed per protocol, mismatches with decide()) for the case's full matrix."""
+def _run_matrix(running: RunningCase, matrix: Iterable[tuple[str, Request]] | None = None,
+                ) -> tuple[int, Counter[str], list[str]]:
+    """(requests sent, allowed per protocol, mismatches with decide()) for ``matrix`` (default: the
+    case's full matrix)."""
     # Identity holds a headers dict (unhashable): group by its parts, one connection set per identity.
     by_identity: dict[tuple[object, ...], list[tuple[str, Request]]] = defaultdict(list)
-    for label, request in full_matrix(running.spec, LOOPBACK_OUTSIDER_IP):
+    for label, request in full_matrix(running.spec, LOOPBACK_OUTSIDER_IP) if matrix is None else matrix:
         who = request.identity
         by_identity[(who.principal, who.source_ip, tuple(who.headers.items()))].append((label, request))
     total = sum(len(requests) for requests in by_identity.values())

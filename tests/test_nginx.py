@@ -125,11 +125,21 @@ def test_full_config_parses_with_crossplane(case: str, tmp_path: Path) -> None:
             body = [d["directive"] for d in directive.get("block", [])]
             assert body == ["return"], f"only 'return' inside if (line {directive['line']})"
         if directive["directive"] == "map":
+            spelling = directive["args"][1].endswith("_spelling")
             for entry in directive["block"]:
                 key = entry["directive"]
-                # Plain map keys compare case-insensitively: only default, 0/1 flag strings and regexes.
+                # Plain map keys compare case-insensitively: only default, 0/1 flag strings and regexes,
+                # and model names in the spelling maps, whose value a case-sensitive guard compares.
+                if spelling:
+                    assert key.startswith(nginx.MODEL_KEY_PREFIX) and \
+                        key[len(nginx.MODEL_KEY_PREFIX):] == entry["args"][0].split("/")[0].lower(), entry
+                    continue
                 assert key == "default" or set(key) <= {"0", "1"} or key.startswith("~"), key
                 assert not key.startswith("~*"), key
+            if spelling:
+                guard = [d for d in directives if d["directive"] == "map"
+                         and d["args"][0].endswith("/$" + directive["args"][1][1:])]
+                assert len(guard) == 1 and guard[0]["block"][1]["directive"] == nginx.SPELLING_GUARD
 
 
 def test_every_location_denies_or_checks_the_method() -> None:
@@ -158,9 +168,94 @@ def test_dropin_needs_addresses() -> None:
         nginx.generate(_policy("default-deny"))
 
 
-def test_dry_run_is_refused_rather_than_enforcing() -> None:
-    with pytest.raises(TargetError, match="dry-run"):
-        _generate("default-deny", dry_run=True)
+@pytest.mark.parametrize("case", ["headers-and-ips", "deny-allow-overlap"])
+def test_golden_dry_run(case: str, update_goldens: bool) -> None:
+    assert_golden(case, "nginx-dry-run.conf", _generate(case, dry_run=True), update_goldens)
+
+
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+def test_dry_run_denies_nothing(case: str) -> None:
+    """No return at all (so no 403 or 400), and every location forwards."""
+    text = _generate(case, dry_run=True)
+    assert "return " not in text and "deny " not in text.replace('"deny ', "")
+    assert "log_format meshgen_dry_run" in text and "access_log /var/log/nginx/meshgen-dry-run.log" in text
+    lines = [line.strip() for line in text.splitlines()]
+    locations = sum(line.startswith("location ") for line in lines)
+    assert locations == sum(line.startswith(("proxy_pass ", "grpc_pass ")) for line in lines)
+
+
+def test_dry_run_log_path_follows_prefix() -> None:
+    assert "access_log /srv/mg/meshgen-dry-run.log meshgen_dry_run;" in \
+        _generate("default-deny", dry_run=True, prefix="/srv/mg")
+    assert "access_log access.log meshgen_dry_run;" in _generate("default-deny", dry_run=True, full=True)
+    with pytest.raises(TargetError, match="absolute"):
+        _generate("default-deny", dry_run=True, prefix="relative")
+
+
+@needs_nginx
+@pytest.mark.nginx
+@pytest.mark.parametrize("case", EXPRESSIBLE)
+@pytest.mark.parametrize("full", [False, True])
+def test_dry_run_passes_nginx_t(case: str, full: bool, tmp_path: Path) -> None:
+    """The full config, and the drop-in inside a minimal http{} (log_format and map valid there)."""
+    prefix = make_prefix()
+    try:
+        config = tmp_path / "nginx.conf"
+        if full:
+            config.write_text(_generate(case, dry_run=True, full=True, daemon=False), encoding="utf-8")
+        else:
+            (prefix / "dropin.conf").write_text(_generate(case, dry_run=True, prefix=str(prefix)), encoding="utf-8")
+            config.write_text(
+                "pid nginx.pid; error_log error.log; events {}\nhttp {\n"
+                "client_body_temp_path cb; proxy_temp_path px; fastcgi_temp_path fc; uwsgi_temp_path uw; "
+                "scgi_temp_path sc; access_log off;\n"
+                f"include {prefix}/dropin.conf;\n}}\n", encoding="utf-8")
+        result = nginx_test(config, prefix)
+        assert result.returncode == 0, result.stderr
+        assert "warn" not in result.stderr, result.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+
+
+def _many_models_spec(count: int) -> str:
+    models = ", ".join(f"model-{i:05d}" for i in range(count))
+    return f"""apiVersion: meshgen/v1
+kind: TritonAccessPolicy
+metadata: {{name: many, namespace: n}}
+workload: {{selector: {{app: t}}}}
+clients:
+  team: {{ipBlocks: ["10.0.0.0/8"]}}
+  key: {{headers: {{x-key: "K1"}}}}
+rules:
+  - {{allow: [inference, metadata], models: [{models}], from: [team]}}
+  - {{allow: [model-repository], models: [{models}, {"L" * 150}], from: [key]}}
+  - {{deny: [inference], models: [model-00007, Model-00007], from: anyone}}
+standalone:
+  listen: {{http: "127.0.0.1:1", grpc: "127.0.0.1:2", metrics: "127.0.0.1:3"}}
+  upstream: {{http: "127.0.0.1:4", grpc: "127.0.0.1:5", metrics: "127.0.0.1:6"}}
+"""
+
+
+@needs_nginx
+@pytest.mark.nginx
+def test_5000_models_pass_nginx_t_without_hash_warnings(tmp_path: Path) -> None:
+    """Model lists are hash maps: nginx -t passes, no "could not build optimal map_hash" warning, and
+    the number of regex locations does not grow with the number of models."""
+    counts = {}
+    for count in (10, 5000):
+        policy = compile_policy(load_spec_text(_many_models_spec(count).encode(), "<many>"))
+        text = nginx.generate(policy, full=True, daemon=False)
+        counts[count] = text.count("location ~")
+        prefix = make_prefix()
+        try:
+            config = tmp_path / f"nginx-{count}.conf"
+            config.write_text(text, encoding="utf-8")
+            result = nginx_test(config, prefix)
+            assert result.returncode == 0, result.stderr
+            assert "warn" not in result.stderr and "optimal" not in result.stderr, result.stderr
+        finally:
+            subprocess.run(["rm", "-rf", str(prefix)], check=False)
+    assert counts[10] == counts[5000]
 
 
 @pytest.mark.parametrize(("value", "written"), [

@@ -12,12 +12,14 @@ from __future__ import annotations
 import http.client
 import posixpath
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 import pytest
 
+from meshgen.catalog import load_catalog
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.targets import nginx
@@ -48,7 +50,14 @@ class Proxy:
 
 @pytest.fixture(scope="module", params=EXPRESSIBLE)
 def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
-    loaded = load_case(request.param)
+    with start_proxy(load_case(request.param)) as running:
+        yield running
+
+
+@contextmanager
+def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
+    """nginx --full for the spec's loopback variant in front of a fresh Backend, stopped on exit
+    (also used by tests/test_properties.py for generated specs)."""
     spec = loopback_variant(loaded.spec)
     policy = compile_policy(LoadedSpec(spec, loaded.source))
     with Backend() as backend:
@@ -88,11 +97,17 @@ def http_status(proxy: Proxy, request: Request, port: str | None = None,
 
 
 def test_matrix_matches_decide(proxy: Proxy) -> None:
+    total, mismatches = run_matrix(proxy, full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP))
+    assert not mismatches, f"{len(mismatches)} of {total} mismatches:\n" + "\n".join(mismatches[:MAX_REPORTED])
+
+
+def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int, list[str]]:
+    """(requests in ``matrix``, mismatches with decide()) on the running nginx."""
     mismatches: list[str] = []
     skipped_grpc = 0
     grpc_requests: dict[str, list[tuple[str, Request]]] = {}
     total = 0
-    for label, request in full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP):
+    for label, request in matrix:
         total += 1
         expected = decide(proxy.spec, request).allowed
         if request.protocol == "grpc":
@@ -119,7 +134,7 @@ def test_matrix_matches_decide(proxy: Proxy) -> None:
                 elif (code == grpc.StatusCode.OK) != expected:
                     mismatches.append(f"{label}: nginx {code.name}, decide() {'allows' if expected else 'denies'}")
     print(f"matrix: {total} requests, {skipped_grpc} gRPC requests with upper-case metadata keys skipped")
-    assert not mismatches, f"{len(mismatches)} of {total} mismatches:\n" + "\n".join(mismatches[:MAX_REPORTED])
+    return total, mismatches
 
 
 def test_denied_grpc_is_permission_denied_with_a_message(proxy: Proxy) -> None:
@@ -254,3 +269,30 @@ def test_large_body_is_not_limited(proxy: Proxy) -> None:
         assert response.status == 200
     finally:
         connection.close()
+
+
+def _case_variant_matrix(spec: Spec) -> Iterator[tuple[str, Request]]:
+    """Every listed model in other spellings (upper, swapped, capitalized) on every per-model path
+    shape, versioned and repo shapes included: map keys fold case, Triton model names do not."""
+    listed = sorted({model for rule in spec.rules for model in rule.models or ()})
+    people = [(label, request.identity) for label, request in full_matrix(spec, LOOPBACK_OUTSIDER_IP)
+              if request.protocol == "http" and request.method == "GET" and request.path == "/v2"]
+    for endpoint in load_catalog().http:
+        if not endpoint.model_scoped:
+            continue
+        for model in listed:
+            for spelling in dict.fromkeys([model, model.upper(), model.swapcase(), model.capitalize()]):
+                path = endpoint.template.replace("{model}", spelling).replace("{version}", "3")
+                path = path.replace("{repo}", "repo0")
+                for method in endpoint.methods:
+                    for label, identity in people:
+                        yield (f"{endpoint.port} {method} {path} as {label.rsplit(' as ', 1)[1]}",
+                               Request(endpoint.port, method, path, identity))
+
+
+def test_model_name_case_variants_match_decide(proxy: Proxy) -> None:
+    matrix = list(_case_variant_matrix(proxy.spec))
+    if not matrix:
+        pytest.skip("no per-model rules in this case")
+    total, mismatches = run_matrix(proxy, matrix)
+    assert not mismatches, f"{len(mismatches)} of {total} mismatches:\n" + "\n".join(mismatches[:MAX_REPORTED])

@@ -20,11 +20,9 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from meshgen.errors import TargetError
 from meshgen.policy import Policy
-from meshgen.render import render
+from meshgen.render import load_yaml, render
 from meshgen.spec.model import ADDRESS, check_address
 from meshgen.targets.envoy_rbac import rbac_filters
 from meshgen.targets.standalone import PORTS, Endpoint, PortAddresses, resolve_addresses
@@ -54,12 +52,12 @@ def generate(
     if not bootstrap:
         filters = rbac_filters(policy, port=None, dry_run=dry_run)
         text = render("envoy", "filters.yaml.j2", filters=filters)
-        _check_same(yaml.safe_load(text), filters, "filters")
+        _check_same(load_yaml(text), filters, "filters")
         return text
     context = build_bootstrap(policy, resolve_addresses(policy, "envoy", listen_overrides or {},
                                                         upstream_overrides or {}), admin, dry_run)
     text = render("envoy", "bootstrap.yaml.j2", **context)
-    document = yaml.safe_load(text)
+    document = load_yaml(text)
     _check_same(document["static_resources"]["listeners"], context["listeners"], "listeners")
     _check_same(document["static_resources"]["clusters"], context["clusters"], "clusters")
     _check_same(document.get("admin"), context["admin"], "admin")

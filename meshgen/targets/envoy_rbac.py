@@ -1,13 +1,29 @@
-"""Envoy RBAC HTTP filters (DENY, then ALLOW) for a compiled policy, mirroring istiod's translation.
+"""Envoy RBAC HTTP filters (DENY, then ALLOW) for a compiled policy, on the unified matcher API.
 
-Each spec rule becomes one RBAC policy per client (``rules[2]-from[admin]``), so Envoy's per-policy
-stats and logs name the spec rule and the client that matched:
+Each filter carries an RBAC ``matcher`` (``shadow_matcher`` for a dry run): a ``matcher_list`` whose
+entries are tried in order; an entry whose predicate matches and whose action (or nested model trie)
+matches decides; a nested trie that finds no key does NOT decide, the list goes on. Every action is
+named after the spec rule and client it comes from (``rules[2]-from[admin]``), so Envoy's dynamic
+metadata and logs name the rule that matched; ``on_no_match`` is the filter's default (ALLOW for the
+DENY filter, DENY for the ALLOW filter).
 
-- permissions: one ``and_rules`` per (port, methods, excluded paths) group: ``:method`` exact, paths as
-  ``url_path`` exact or a validated ``uri_template``, ``not_rule`` for paths Triton routes elsewhere,
-  and (in the filter-only output) ``destination_port`` = the Triton container port.
-- principals: one ``and_ids`` per client over its identity kinds (principals, namespaces, ipBlocks,
-  headers); ``any`` for ``from: anyone``.
+One entry per (rule, client, port/method group, path shape):
+
+- predicate: ``:method`` exact; in the filter-only output the destination port; the client identity
+  (URI SAN exact/regex for principals/namespaces, direct source IP in CIDRs, exact header values);
+  then the path.
+- paths: the matcher reads the RAW ``:path`` (query string included), so a literal path P is
+  ``exact P`` or ``prefix "P?"``, and a path with ``*`` segments is a small RE2 regex ending in
+  ``(?:\\?.*)?`` with ``[^/?]+`` for a segment: a query can never stand in for a segment.
+- per-model grants: a constant shape-regex gate (model segment ``[^/?]+``), then a nested
+  ``prefix_match_map`` trie keyed ``/v2/models/<model>/`` (``exact_match_map`` / ``prefix
+  "/v2/models/<model>?"`` when the model is the last segment). The gate has already checked every
+  other segment, and model names hold neither '/' nor '?', so the key pins the model segment exactly.
+  Lookup cost does not grow with the number of models, and no regex holds a model list, so the
+  output never needs a raised RE2 program-size limit.
+- endpoints whose model segment follows a variable segment (``/v2/repository/{repo}/models/{model}/
+  load``) cannot be keyed by a prefix; they get one small regex per model behind their own shape
+  gate, so only requests of that shape pay for it.
 """
 
 from __future__ import annotations
@@ -17,154 +33,257 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from meshgen.catalog import ANY_SEGMENT
+from meshgen.catalog import ANY_SEGMENT, HttpEndpoint
 from meshgen.errors import TargetError
 from meshgen.policy import ClientIdentity, Policy, PolicyRule
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-URI_TEMPLATE_MATCHER = "envoy.path.match.uri_template.uri_template_matcher"
-URI_TEMPLATE_TYPE = "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+ACTION_NAME = "envoy.filters.rbac.action"
+ACTION_TYPE = "type.googleapis.com/envoy.config.rbac.v3.Action"
+HEADER_INPUT = "envoy.matching.inputs.request_headers"
+HEADER_INPUT_TYPE = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+PORT_INPUT = "envoy.matching.inputs.destination_port"
+PORT_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"
+SOURCE_IP_INPUT = "envoy.matching.inputs.direct_source_ip"
+SOURCE_IP_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput"
+URI_SAN_INPUT = "envoy.matching.inputs.uri_san"
+URI_SAN_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"
+IP_MATCHER = "envoy.matching.input_matchers.ip"
+IP_MATCHER_TYPE = "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip"
 GRPC_METHOD = "POST"  # every gRPC call is an HTTP/2 POST
 SPIFFE = "spiffe://"
+SEGMENT = "[^/?]+"  # one non-empty path segment of the raw :path, never into the query
+QUERY = r"(?:\?.*)?"
+NO_DENY = "no-deny-rule"
+DEFAULT_DENY = "default-deny"
 
-# A literal path segment Envoy's uri_template parser accepts (RFC 3986 pchar without '%', and without
-# '*', which the parser reads as an operator). Anything else would crash Envoy at load time.
-_TEMPLATE_LITERAL = re.compile(r"^[A-Za-z0-9\-._~!$&'()+,;=:@]+$")
-_MAX_TEMPLATE_OPERATORS = 5  # Envoy's kPatternMatchingMaxVariablesPerPath
+_MODEL = "{model}"
 
 
 def rbac_filters(policy: Policy, *, port: str | None, dry_run: bool) -> list[dict[str, Any]]:
-    """HTTP filter entries: DENY (only if it has policies), then ALLOW (always: empty = deny all).
+    """HTTP filter entries: DENY (only if it has entries), then ALLOW (always: no entry = deny all).
 
-    ``port`` None: every Triton port, each permission pinned to its container port with
-    ``destination_port`` (the sidecar / mesh case). ``port`` "http"|"grpc"|"metrics": only that port's
-    permissions and no ``destination_port`` (one listener per port in a standalone bootstrap).
+    ``port`` None: every Triton port, each entry pinned to its container port with a destination-port
+    predicate (the sidecar / mesh case). ``port`` "http"|"grpc"|"metrics": only that port's grants and
+    no port predicate (one listener per port in a standalone bootstrap).
     """
     filters: list[dict[str, Any]] = []
-    deny = _policies(policy, policy.rules_for("deny"), port)
+    deny = _entries(policy, policy.rules_for("deny"), port, "DENY")
     if deny:
-        filters.append(_filter(f"{policy.name}-deny", "DENY", deny, port, dry_run))
-    filters.append(_filter(f"{policy.name}-allow", "ALLOW", _policies(policy, policy.rules_for("allow"), port),
-                           port, dry_run))
+        filters.append(_filter(f"{policy.name}-deny", deny, _action(NO_DENY, "ALLOW"), port, dry_run))
+    allow = _entries(policy, policy.rules_for("allow"), port, "ALLOW")
+    filters.append(_filter(f"{policy.name}-allow", allow, _action(DEFAULT_DENY, "DENY"), port, dry_run))
     return filters
 
 
-def _filter(label: str, action: str, policies: dict[str, Any], port: str | None, dry_run: bool) -> dict[str, Any]:
+def _filter(label: str, entries: list[dict[str, Any]], default: dict[str, Any], port: str | None,
+            dry_run: bool) -> dict[str, Any]:
     prefix = f"{label}-{port}." if port else f"{label}."
-    rules = {"action": action, "policies": policies}
+    matcher: dict[str, Any] = {}
+    if entries:
+        matcher["matcher_list"] = {"matchers": entries}
+    matcher["on_no_match"] = default
     config: dict[str, Any] = {"@type": RBAC_TYPE}
     if dry_run:
-        # Shadow rules are only counted and logged; with no enforcing `rules` the filter allows all.
-        config["shadow_rules"] = rules
+        # A shadow matcher is only counted and logged; with no enforcing matcher the filter allows all.
+        config["shadow_matcher"] = matcher
         config["shadow_rules_stat_prefix"] = prefix
     else:
-        config["rules"] = rules
+        config["matcher"] = matcher
         config["rules_stat_prefix"] = prefix
     return {"name": RBAC_FILTER, "typed_config": config}
 
 
-def _policies(policy: Policy, rules: Iterable[PolicyRule], port: str | None) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def _action(name: str, action: str) -> dict[str, Any]:
+    return {"action": {"name": ACTION_NAME, "typed_config": {"@type": ACTION_TYPE, "name": name, "action": action}}}
+
+
+def _entries(policy: Policy, rules: Iterable[PolicyRule], port: str | None, action: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
     for rule in rules:
-        permissions = _permissions(policy, rule, port)
-        if not permissions:
+        groups = _groups(policy, rule, port)
+        if not groups:
             continue  # nothing on this port
-        if rule.clients is None:
-            result[f"{rule.label}-from[anyone]"] = {"permissions": permissions, "principals": [{"any": True}]}
-            continue
-        for client in rule.clients:
-            result[f"{rule.label}-from[{client.name}]"] = {
-                "permissions": permissions,
-                "principals": [_principal(client)],
-            }
-    return result
+        clients: list[tuple[str, list[dict[str, Any]]]] = (
+            [("anyone", [])] if rule.clients is None
+            else [(client.name, _identity(client)) for client in rule.clients])
+        for client_name, identity in clients:
+            on_match = _action(f"{rule.label}-from[{client_name}]", action)
+            for group in groups:
+                entries.extend(group.entries(identity, on_match))
+    return entries
 
 
-def _permissions(policy: Policy, rule: PolicyRule, port: str | None) -> list[dict[str, Any]]:
-    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
+class _Group:
+    """The paths one rule grants on one port for one method set; rendered as matcher entries."""
+
+    def __init__(self, methods: tuple[str, ...], port_number: int | None, excluded: tuple[str, ...]) -> None:
+        self.head = [_any([_header(":method", {"exact": m}) for m in methods])]
+        if port_number is not None:
+            self.head.append(_single(_input(PORT_INPUT, PORT_INPUT_TYPE), {"exact": str(port_number)}))
+        self.excluded = excluded
+        self.static: list[dict[str, Any]] = []  # path predicates
+        # (gate regexes, map kind, key -> None) per per-model prefix, in first-seen order
+        self.tries: dict[tuple[str, str], tuple[list[str], dict[str, None]]] = {}
+        self.fallback: dict[str, dict[str, None]] = {}  # gate regex -> per-model regexes
+
+    def add_static(self, predicate: dict[str, Any]) -> None:
+        if predicate not in self.static:
+            self.static.append(predicate)
+
+    def add_models(self, endpoint: HttpEndpoint, models: tuple[str, ...]) -> None:
+        segments = endpoint.segments
+        at = segments.index(_MODEL)
+        before = segments[:at]
+        gate_segments = tuple(SEGMENT if s == _MODEL else _segment_regex(endpoint.pattern()[i])
+                              for i, s in enumerate(segments))
+        if any(s.startswith("{") for s in before):
+            gate = "/" + "/".join(gate_segments) + QUERY
+            keys = self.fallback.setdefault(gate, {})
+            for model in models:
+                keys["/" + "/".join(re.escape(model) if s == _MODEL else g
+                                    for s, g in zip(segments, gate_segments, strict=True)) + QUERY] = None
+            return
+        prefix = "/" + "".join(s + "/" for s in before)
+        if at < len(segments) - 1:  # model in the middle: key "<prefix><model>/"
+            self._trie(prefix, "prefix/", "/" + "/".join(gate_segments) + QUERY,
+                       (prefix + model + "/" for model in models))
+        else:  # model last: exact "<prefix><model>", or "<prefix><model>?" before a query
+            self._trie(prefix, "exact", "/" + "/".join(gate_segments), (prefix + model for model in models))
+            self._trie(prefix, "prefix?", "/" + "/".join(gate_segments) + r"\?.*",
+                       (prefix + model + "?" for model in models))
+
+    def _trie(self, prefix: str, kind: str, gate: str, keys: Iterable[str]) -> None:
+        gates, table = self.tries.setdefault((prefix, kind), ([], {}))
+        if gate not in gates:
+            gates.append(gate)
+        for key in keys:
+            table[key] = None
+
+    def entries(self, identity: list[dict[str, Any]], on_match: dict[str, Any]) -> list[dict[str, Any]]:
+        head = [*self.head, *identity]
+        result: list[dict[str, Any]] = []
+        if self.static:
+            conditions = [*head, _any(self.static)]
+            if self.excluded:
+                conditions.append({"not_matcher": _any([p for path in self.excluded for p in _literal(path)])})
+            result.append({"predicate": _all(conditions), "on_match": on_match})
+        for (_, kind), (gates, table) in self.tries.items():
+            gate = _any([_path({"safe_regex": _regex(g)}) for g in gates])
+            if kind == "exact":
+                tree = {"exact_match_map": {"map": dict.fromkeys(table, on_match)}}
+            else:
+                tree = {"prefix_match_map": {"map": dict.fromkeys(table, on_match)}}
+            result.append({"predicate": _all([*head, gate]),
+                           "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}}})
+        for gate_regex, regexes in self.fallback.items():
+            nested = {"matcher_list": {"matchers": [
+                {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in regexes]}}
+            result.append({"predicate": _all([*head, _path({"safe_regex": _regex(gate_regex)})]),
+                           "on_match": {"matcher": nested}})
+        return result
+
+
+def _groups(policy: Policy, rule: PolicyRule, port: str | None) -> list[_Group]:
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Group] = {}
+
+    def group(port_name: str, methods: tuple[str, ...], excluded: tuple[str, ...]) -> _Group:
+        key = (port_name, methods, excluded)
+        if key not in grouped:
+            grouped[key] = _Group(methods, policy.port(port_name) if port is None else None, excluded)
+        return grouped[key]
+
     for grant in rule.http:
         if port is not None and grant.endpoint.port != port:
             continue
-        paths = grouped.setdefault((grant.endpoint.port, grant.endpoint.methods, grant.excluded_paths), [])
+        target = group(grant.endpoint.port, grant.endpoint.methods, grant.excluded_paths)
+        if grant.models is not None and grant.endpoint.model_scoped:
+            target.add_models(grant.endpoint, grant.models)
+            continue
         for pattern in grant.patterns:
-            matcher = path_matcher(pattern)
-            if matcher not in paths:
-                paths.append(matcher)
+            for predicate in path_predicates(pattern):
+                target.add_static(predicate)
     if rule.grpc and port in (None, "grpc"):
-        grouped[("grpc", (GRPC_METHOD,), ())] = [_url_path(method.path) for method in rule.grpc]
-    permissions = []
-    for (port_name, methods, excluded), paths in grouped.items():
-        conditions: list[dict[str, Any]] = [
-            _any_of([{"header": {"name": ":method", "string_match": {"exact": m}}} for m in methods]),
-            _any_of(paths),
-        ]
-        if excluded:
-            conditions.append({"not_rule": _any_of([_url_path(path) for path in excluded])})
-        if port is None:
-            conditions.append({"destination_port": policy.port(port_name)})
-        permissions.append({"and_rules": {"rules": conditions}})
-    return permissions
+        target = group("grpc", (GRPC_METHOD,), ())
+        for method in rule.grpc:
+            # gRPC paths carry no query: decide() compares the whole :path.
+            target.add_static(_path({"exact": method.path}))
+    return list(grouped.values())
 
 
-def _any_of(rules: list[dict[str, Any]]) -> dict[str, Any]:
-    return rules[0] if len(rules) == 1 else {"or_rules": {"rules": rules}}
-
-
-def _url_path(path: str) -> dict[str, Any]:
-    # url_path compares the path without the query string (a `:path` header matcher would include it).
-    return {"url_path": {"path": {"exact": path}}}
-
-
-def path_matcher(pattern: tuple[str, ...]) -> dict[str, Any]:
-    """``url_path`` exact for a literal path, else a ``uri_template`` with ``*`` for one whole segment."""
+def path_predicates(pattern: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Predicates on the raw ``:path`` for one catalog path pattern (``*`` = one whole segment)."""
+    path = "/" + "/".join(pattern)
     if ANY_SEGMENT not in pattern:
-        return _url_path("/" + "/".join(pattern))
-    template = "/" + "/".join(pattern)
-    check_uri_template(template)
-    return {"uri_template": {"name": URI_TEMPLATE_MATCHER, "typed_config": {
-        "@type": URI_TEMPLATE_TYPE, "path_template": template}}}
+        return _literal(path)
+    return [_path({"safe_regex": _regex("/" + "/".join(_segment_regex(s) for s in pattern) + QUERY)})]
 
 
-def check_uri_template(template: str) -> None:
-    """Reject what Envoy's uri_template parser would reject: a malformed template aborts Envoy."""
-    segments = template.split("/")
-    problem = None
-    if not template.startswith("/"):
-        problem = "must start with '/'"
-    elif any(not segment for segment in segments[1:]):
-        problem = "has an empty segment"
-    elif sum(segment == ANY_SEGMENT for segment in segments) > _MAX_TEMPLATE_OPERATORS:
-        problem = f"has more than {_MAX_TEMPLATE_OPERATORS} '*' segments"
-    else:
-        bad = [s for s in segments[1:] if s != ANY_SEGMENT and not _TEMPLATE_LITERAL.match(s)]
-        if bad:
-            problem = f"has segment {bad[0]!r} with characters a uri_template literal cannot hold"
-    if problem:
-        raise TargetError(f"envoy: path template {template!r} {problem}")
+def _literal(path: str) -> list[dict[str, Any]]:
+    # The raw :path is P itself or P followed by a query string.
+    return [_path({"exact": path}), _path({"prefix": path + "?"})]
 
 
-def _principal(client: ClientIdentity) -> dict[str, Any]:
+def _segment_regex(segment: str) -> str:
+    return SEGMENT if segment == ANY_SEGMENT else re.escape(segment)
+
+
+def _regex(regex: str) -> dict[str, Any]:
+    return {"google_re2": {}, "regex": regex}
+
+
+def _input(name: str, type_url: str, **fields: str) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": type_url, **fields}}
+
+
+def _path_input() -> dict[str, Any]:
+    return _input(HEADER_INPUT, HEADER_INPUT_TYPE, header_name=":path")
+
+
+def _single(matcher_input: dict[str, Any], value_match: dict[str, Any]) -> dict[str, Any]:
+    return {"single_predicate": {"input": matcher_input, "value_match": value_match}}
+
+
+def _header(name: str, value_match: dict[str, Any]) -> dict[str, Any]:
+    return _single(_input(HEADER_INPUT, HEADER_INPUT_TYPE, header_name=name), value_match)
+
+
+def _path(value_match: dict[str, Any]) -> dict[str, Any]:
+    return _single(_path_input(), value_match)
+
+
+def _any(predicates: list[dict[str, Any]]) -> dict[str, Any]:
+    return predicates[0] if len(predicates) == 1 else {"or_matcher": {"predicate": predicates}}
+
+
+def _all(predicates: list[dict[str, Any]]) -> dict[str, Any]:
+    return predicates[0] if len(predicates) == 1 else {"and_matcher": {"predicate": predicates}}
+
+
+def _identity(client: ClientIdentity) -> list[dict[str, Any]]:
+    """Predicates that all must hold for ``client`` (any value within one identity kind)."""
+    uri_san = _input(URI_SAN_INPUT, URI_SAN_INPUT_TYPE)
     kinds: list[dict[str, Any]] = []
     if client.principals:
-        kinds.append(_one_of([{"authenticated": {"principal_name": {"exact": SPIFFE + p}}}
-                              for p in client.principals]))
+        kinds.append(_any([_single(uri_san, {"exact": SPIFFE + p}) for p in client.principals]))
     if client.namespaces:
         # Istio identities are exactly spiffe://<td>/ns/<ns>/sa/<sa>; RE2 safe_regex is a full match.
-        kinds.append(_one_of([{"authenticated": {"principal_name": {"safe_regex": {
-            "regex": f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+"}}}} for ns in client.namespaces]))
+        kinds.append(_any([_single(uri_san, {"safe_regex": _regex(f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+")})
+                           for ns in client.namespaces]))
     if client.ip_blocks:
-        kinds.append(_one_of([{"direct_remote_ip": _cidr(block)} for block in client.ip_blocks]))
+        # The direct peer address: X-Forwarded-For can't impersonate.
+        kinds.append({"single_predicate": {
+            "input": _input(SOURCE_IP_INPUT, SOURCE_IP_INPUT_TYPE),
+            "custom_match": {"name": IP_MATCHER, "typed_config": {
+                "@type": IP_MATCHER_TYPE, "cidr_ranges": [_cidr(block) for block in client.ip_blocks],
+                "stat_prefix": f"meshgen_{client.name.replace('-', '_')}_ip"}}}})
     for name, value in client.headers:
-        # direct_remote_ip and exact, case-sensitive header values: X-Forwarded-For can't impersonate.
-        kinds.append({"header": {"name": name, "string_match": {"exact": value}}})
+        # Exact, case-sensitive header values.
+        kinds.append(_header(name, {"exact": value}))
     if not kinds:
         raise TargetError(f"envoy: client {client.name!r} has no identity Envoy can check")
-    return kinds[0] if len(kinds) == 1 else {"and_ids": {"ids": kinds}}
-
-
-def _one_of(ids: list[dict[str, Any]]) -> dict[str, Any]:
-    return ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}}
+    return kinds
 
 
 def _cidr(block: str) -> dict[str, Any]:

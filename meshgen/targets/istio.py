@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
-
 from meshgen.catalog import ANY_SEGMENT
 from meshgen.errors import TargetError
 from meshgen.policy import ClientIdentity, Policy, PolicyRule
-from meshgen.render import render
+from meshgen.render import load_yaml_all, render
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshgen"}
 MAX_RULES = 512  # AuthorizationPolicy spec.rules maxItems in the Istio 1.30 CRD
@@ -83,19 +81,18 @@ def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, A
 
 
 def _operations(policy: Policy, rule: PolicyRule) -> list[dict[str, Any]]:
-    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    # Paths per (port, methods, excluded paths), deduplicated in first-seen order (dict keys).
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], dict[str, None]] = {}
     for grant in rule.http:
         key = (str(policy.port(grant.endpoint.port)), grant.endpoint.methods, grant.excluded_paths)
-        paths = grouped.setdefault(key, [])
+        paths = grouped.setdefault(key, {})
         for pattern in grant.patterns:
-            path = _istio_path(pattern)
-            if path not in paths:
-                paths.append(path)
+            paths[_istio_path(pattern)] = None
     if rule.grpc:
-        grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())] = [method.path for method in rule.grpc]
+        grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())] = dict.fromkeys(method.path for method in rule.grpc)
     operations = []
-    for (port, methods, excluded), paths in grouped.items():
-        operation: dict[str, Any] = {"ports": [port], "methods": list(methods), "paths": paths}
+    for (port, methods, excluded), unique_paths in grouped.items():
+        operation: dict[str, Any] = {"ports": [port], "methods": list(methods), "paths": list(unique_paths)}
         if excluded:
             operation["notPaths"] = list(excluded)
         operations.append({"operation": operation})
@@ -146,7 +143,7 @@ def _header_conditions(client: ClientIdentity) -> list[dict[str, Any]]:
 
 def check_rendered(text: str, context: dict[str, Any]) -> None:
     """Parse the output back and confirm the template carried every value through unchanged."""
-    documents = list(yaml.safe_load_all(text))
+    documents = load_yaml_all(text)
     expected = [*context["policies"], context["peer_authentication"]]
     if len(documents) != len(expected):
         raise AssertionError("istio template produced the wrong number of documents")

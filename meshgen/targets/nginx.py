@@ -6,11 +6,17 @@ Design (see ../shared/reference/nginx-notes.md for the bypasses this avoids):
   per header with a case-sensitive, fully anchored regex key (``~^...\\z``; plain map keys compare
   case-insensitively). A client's flag is 1 only when every identity kind it lists matched.
 * Rules are flags over their clients (``from: anyone`` needs none).
-* Every catalog endpoint gets its own location: ``location =`` for literal and per-model paths (exact,
-  case-sensitive, flat however many models), one regex per templated shape otherwise, per-model regexes
-  before the generic one, in catalog order so regex precedence mirrors Triton's routing. Inside, only
-  ``if (...) { return 403; }``: wrong method, any matching deny rule, or no matching allow rule. This is
-  exactly ``decide()``: allowed iff no deny rule matches and some allow rule does.
+* Every catalog endpoint gets its own location: ``location =`` for literal paths and for per-model paths
+  without other variables (exact, case-sensitive, kept in a tree: flat however many models), and one
+  constant regex per templated shape, in catalog order so regex precedence mirrors Triton's routing.
+  Shapes with ``{version}``/``{repo}`` capture the model name (``$mg_model``) instead of growing one regex
+  per model: a rule's model list becomes a hash ``map`` (flat) whose value, the listed spelling, is
+  compared case-sensitively with the captured name (map string keys compare case-insensitively).
+  Inside a location, only ``if (...) { return 403; }``: wrong method, any matching deny rule, or no
+  matching allow rule. This is exactly ``decide()``: allowed iff no deny rule matches and some allow does.
+* ``dry_run``: the same locations compute the same decision into ``$meshgen_decision`` ("allow rules[i]",
+  "deny rules[j]", "deny method", ...) with ``set``, deny nothing, and log it with ``log_format
+  meshgen_dry_run``.
 * ``location /`` denies, and a server-level guard answers 400 when the raw request URI differs from the
   normalized one nginx matched (dot segments, ``//``, percent-escapes), because ``proxy_pass`` forwards the
   raw URI. On the gRPC port every denial is a Trailers-Only ``grpc-status: 7`` via ``error_page``.
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meshgen.catalog import ANY_SEGMENT, GrpcMethod, HttpEndpoint, load_catalog
+from meshgen.catalog.model import VARIABLES
 from meshgen.errors import TargetError
 from meshgen.policy import ClientIdentity, Policy, PolicyRule
 from meshgen.render import environment, render
@@ -36,6 +43,8 @@ GRPC_DENIED_MESSAGE = "meshgen: permission denied by policy"
 # this narrower set (what API keys and tokens use) keeps config syntax characters out of the spec entirely.
 SAFE_HEADER_VALUE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=:@,-")
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+DRY_RUN_LOG = "meshgen-dry-run.log"
+DROPIN_LOG_DIR = "/var/log/nginx"  # Debian's; the drop-in's dry-run log goes there unless --prefix is given
 
 # The templates write every value through these filters (the shared environment is cached per target).
 environment("nginx").filters.update(nginx_arg=nginx_arg, nginx_var=nginx_variable)
@@ -51,12 +60,21 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """Dry run: ``set $mg_verdict <decision>`` when ``check`` holds (always when None); the last one set wins."""
+
+    check: Check | None
+    decision: str
+
+
+@dataclass(frozen=True)
 class Location:
     modifier: Literal["=", "~"]
     path: str
     deny_all: bool
     checks: tuple[Check, ...]
     comment: str
+    verdicts: tuple[Verdict, ...] = ()
 
 
 @dataclass
@@ -65,16 +83,24 @@ class Flags:
 
     geos: list[dict[str, Any]] = field(default_factory=list)
     maps: list[dict[str, Any]] = field(default_factory=list)
+    model_sets: dict[tuple[str, ...], int] = field(default_factory=dict)
     _defined: set[str] = field(default_factory=set)
 
     def add_map(self, source_variables: Iterable[str], variable: str, entries: list[tuple[str, str]],
-                comment: str = "") -> str:
+                comment: str = "", *, separator: str = "", prefix: str = "") -> str:
+        """Define ``map "<prefix>$a<separator>$b..." $variable`` once (same name, same content)."""
         if variable not in self._defined:
             self._defined.add(variable)
-            source = "".join(nginx_variable(name) for name in source_variables)
+            source = prefix + separator.join(nginx_variable(name) for name in source_variables)
             self.maps.append({"source": source, "variable": nginx_variable(variable), "entries": entries,
                               "comment": comment})
         return variable
+
+    def largest_map(self) -> int:
+        return max((len(m["entries"]) for m in self.maps), default=0)
+
+    def longest_key(self) -> int:
+        return max((len(key) for m in self.maps for key, _ in m["entries"]), default=0)
 
 
 def generate(
@@ -87,19 +113,23 @@ def generate(
     daemon: bool = True,
     dry_run: bool = False,
 ) -> str:
+    paths = main_paths(prefix) if full or dry_run else {}
+    dry_run_log: str | None = None
     if dry_run:
-        # Never emit an enforcing config when the user asked for one that denies nothing.
-        raise TargetError("nginx: --dry-run is not supported by the nginx target yet")
-    context = build_context(policy, listen_overrides or {}, upstream_overrides or {})
+        # The full config logs where its access_log is; a drop-in cannot know the main config's log
+        # directory: under --prefix, else Debian's.
+        dry_run_log = paths["access_log"] if full else f"{(prefix or DROPIN_LOG_DIR).rstrip('/')}/{DRY_RUN_LOG}"
+    context = build_context(policy, listen_overrides or {}, upstream_overrides or {}, dry_run_log=dry_run_log)
     text = render("nginx", "http.conf.j2", **context)
     if full:
-        text = render("nginx", "full.conf.j2", http_block=text, daemon=daemon, **main_paths(prefix))
+        text = render("nginx", "full.conf.j2", http_block=text, daemon=daemon, **paths)
     check_rendered(text, context)
     return text
 
 
 def build_context(policy: Policy, listen_overrides: Mapping[str, str | None],
-                  upstream_overrides: Mapping[str, str | None]) -> dict[str, Any]:
+                  upstream_overrides: Mapping[str, str | None], *, dry_run_log: str | None = None,
+                  ) -> dict[str, Any]:
     flags = Flags()
     rule_variables = _client_and_rule_flags(policy, flags)
     addresses = resolve_addresses(policy, "nginx", listen_overrides, upstream_overrides)
@@ -115,10 +145,31 @@ def build_context(policy: Policy, listen_overrides: Mapping[str, str | None],
         "namespace": policy.namespace,
         "geos": flags.geos,
         "maps": flags.maps,
+        "map_hash": _map_hash_sizes(flags),
         "servers": servers,
         "grpc_denied_message": GRPC_DENIED_MESSAGE,
         "long_timeout": LONG_TIMEOUT,
+        "dry_run_log": dry_run_log,
     }
+
+
+def _map_hash_sizes(flags: Flags) -> dict[str, int] | None:
+    """map_hash_max_size/bucket_size when the defaults (2048/64) would not build an optimal hash.
+
+    Emitted only then: they are http{}-wide and a main config setting them too would clash with the drop-in.
+    The sizes follow nginx's ngx_hash_init: an element takes align(8 + key length + 2, 8) bytes, a bucket
+    also ends with a pointer; a table of ~16 slots per key always has a size where every bucket fits.
+    """
+    keys, longest = flags.largest_map(), flags.longest_key()
+    bucket = 64
+    while bucket < (8 + longest + 2 + 7) // 8 * 8 + 8:
+        bucket *= 2
+    max_size = 2048
+    while max_size < 16 * keys:
+        max_size *= 2
+    if (bucket, max_size) == (64, 2048):
+        return None
+    return {"max_size": max_size, "bucket_size": bucket}
 
 
 def _server(policy: Policy, port: str, address: PortAddresses, locations: list[Location]) -> dict[str, Any]:
@@ -210,25 +261,94 @@ def _client_flag(client: ClientIdentity, flags: Flags) -> str:
 
 # --- locations --------------------------------------------------------------------------------------
 
+MODEL_CAPTURE = "mg_model"  # named capture of the model segment in the generic regex of a versioned shape
+# Map keys of model names get this prefix so that a model called "default", "include", "hostnames" or
+# "volatile" is never read as a map keyword.
+MODEL_KEY_PREFIX = "m:"
+# "<captured>/<spelling>[/<spelling>...]" -> 1 when the captured name is one of the listed spellings,
+# exactly (PCRE backreference, case-sensitive). Model names never contain '/', a path segment cannot.
+SPELLING_GUARD = r"~^([^/]+)/(?:[^/]+/)*\1(?:/|\z)"
 
-def _decision_checks(
-    deny: list[PolicyRule], allow: list[PolicyRule], rule_variables: dict[int, str], flags: Flags,
-) -> tuple[bool, tuple[Check, ...]]:
-    """(deny everyone, checks) such that a request passes iff no deny rule and some allow rule matches."""
-    if any(rule.clients is None for rule in deny) or not allow:
-        return True, ()
-    checks = [Check(rule_variables[rule.index]) for rule in deny]
-    if all(rule.clients is not None for rule in allow):
-        indices = sorted(rule.index for rule in allow)
-        if len(indices) == 1:
-            variable = rule_variables[indices[0]]
+# A rule as it applies in one location: its label and the flag variable telling whether it matches the
+# request there (None: it always does).
+Step = tuple[PolicyRule, str | None]
+
+
+def _model_flag(models: frozenset[str], flags: Flags) -> str:
+    """1 when the captured ``$mg_model`` is exactly one of ``models``: a hash lookup, whatever their number.
+
+    The first map finds the listed spelling(s) by a case-insensitive hash key; the second accepts only an
+    exact, case-sensitive spelling, since Triton model names are case-sensitive ("Simple" != "simple").
+    """
+    key = tuple(sorted(models))
+    if key not in flags.model_sets:
+        flags.model_sets[key] = len(flags.model_sets)
+    number = flags.model_sets[key]
+    folded: dict[str, list[str]] = {}
+    for model in key:
+        folded.setdefault(model.lower(), []).append(model)
+    spelling = flags.add_map(
+        [MODEL_CAPTURE], f"mg_models_{number}_spelling",
+        [(MODEL_KEY_PREFIX + lowered, "/".join(names)) for lowered, names in sorted(folded.items())],
+        f"model set {number} ({len(key)} model(s)): the listed spelling(s) of the model captured from the path",
+        prefix=MODEL_KEY_PREFIX,
+    )
+    return flags.add_map(
+        [MODEL_CAPTURE, spelling], f"mg_models_{number}", [("default", "0"), (SPELLING_GUARD, "1")],
+        f"model set {number}: 1 when the captured model is spelled exactly as listed", separator="/",
+    )
+
+
+def _rule_flag(rule: PolicyRule, models: frozenset[str] | None, rule_variables: dict[int, str],
+               flags: Flags) -> str | None:
+    """The flag of ``rule`` in a location; ``models``: the models it is limited to there (None: any)."""
+    client = rule_variables.get(rule.index)
+    if models is None:
+        return client
+    model = _model_flag(models, flags)
+    if client is None:
+        return model
+    return flags.add_map(
+        [client, model], f"{client}_models_{model.rsplit('_', 1)[1]}", [("default", "0"), ("11", "1")],
+        f"{rule.label} for a listed model: 1 when one of its clients matches and the model is listed",
+    )
+
+
+def _decision(deny: list[Step], allow: list[Step], method: Check, flags: Flags,
+              ) -> tuple[bool, tuple[Check, ...], tuple[Verdict, ...]]:
+    """(deny everyone, checks, dry-run verdicts): a request passes iff no deny rule and some allow rule matches.
+
+    The verdicts replay ``decide()`` in reverse priority, so the last one whose check holds names the same
+    deciding rule: wrong method, else the first deny rule (spec order), else the first allow rule.
+    """
+    verdicts = [Verdict(None, "deny default")]
+    verdicts += [Verdict(None if v is None else Check(v), f"allow {r.label}")
+                 for r, v in sorted(allow, key=lambda step: -step[0].index)]
+    verdicts += [Verdict(None if v is None else Check(v), f"deny {r.label}")
+                 for r, v in sorted(deny, key=lambda step: -step[0].index)]
+    verdicts.append(Verdict(method, "deny method"))
+    last_unconditional = max(i for i, verdict in enumerate(verdicts) if verdict.check is None)
+    audit = tuple(verdicts[last_unconditional:])
+    if any(v is None for _, v in deny) or not allow:
+        return True, (), audit
+    checks = [method, *(Check(v) for _, v in deny if v is not None)]
+    if all(v is not None for _, v in allow):
+        variables = sorted({v for _, v in allow if v is not None}, key=_flag_order)
+        if len(variables) == 1:
+            variable = variables[0]
         else:
             variable = flags.add_map(
-                [rule_variables[i] for i in indices], "mg_allow_rules_" + "_".join(map(str, indices)),
+                variables, "mg_allow_rules_" + "_".join(v.removeprefix("mg_rule_") for v in variables),
                 [("default", "0"), ("~1", "1")], "1 when one of these allow rules matches",
             )
         checks.append(Check(variable, "=", "0"))
-    return False, tuple(checks)
+    return False, tuple(checks), audit
+
+
+def _flag_order(variable: str) -> tuple[int, str]:
+    """Rule flags by rule index (then name), so generated names and goldens are stable."""
+    digits = variable.removeprefix("mg_rule_").removeprefix("mg_models_").split("_", 1)[0]
+    return (int(digits) if digits.isdigit() else -1, variable)
 
 
 def _method_check(methods: tuple[str, ...], flags: Flags) -> Check:
@@ -242,39 +362,83 @@ def _method_check(methods: tuple[str, ...], flags: Flags) -> Check:
     return Check(variable, "=", "0")
 
 
-def _covers_http(rule: PolicyRule, endpoint: HttpEndpoint, model: str | None) -> bool:
-    return any(
-        grant.endpoint == endpoint and (grant.models is None or (model is not None and model in grant.models))
-        for grant in rule.http
-    )
+def _models_there(rule: PolicyRule, endpoint: HttpEndpoint) -> frozenset[str] | Literal[False] | None:
+    """What ``rule`` grants on ``endpoint``: every model (None), the listed ones, or nothing (False)."""
+    models: set[str] = set()
+    covered = False
+    for grant in rule.http:
+        if grant.endpoint != endpoint:
+            continue
+        if grant.models is None:
+            return None
+        if endpoint.model_scoped:  # a model list never covers a path that names no model (as in decide())
+            covered = True
+            models.update(grant.models)
+    return frozenset(models) if covered else False
+
+
+def _steps(policy: Policy, action: Literal["allow", "deny"], endpoint: HttpEndpoint, model: str | None,
+           capture: bool, rule_variables: dict[int, str], flags: Flags) -> list[Step]:
+    """The rules of ``action`` covering ``endpoint`` for ``model`` (None: a model no per-model location has,
+    or with ``capture`` the model captured from the path) with their flags there."""
+    steps: list[Step] = []
+    for rule in policy.rules_for(action):
+        models = _models_there(rule, endpoint)
+        if models is False:
+            continue
+        if models is None:
+            steps.append((rule, rule_variables.get(rule.index)))
+        elif model is not None:
+            if model in models:
+                steps.append((rule, rule_variables.get(rule.index)))
+        elif capture:
+            steps.append((rule, _rule_flag(rule, models, rule_variables, flags)))
+    return steps
 
 
 def _endpoint_location(
     policy: Policy, endpoint: HttpEndpoint, model: str | None, rule_variables: dict[int, str], flags: Flags,
 ) -> Location:
-    deny = [r for r in policy.rules_for("deny") if _covers_http(r, endpoint, model)]
-    allow = [r for r in policy.rules_for("allow") if _covers_http(r, endpoint, model)]
-    deny_all, checks = _decision_checks(deny, allow, rule_variables, flags)
     pattern = endpoint.pattern(model)
+    # A generic shape with another variable besides {model} captures the model and looks it up in maps,
+    # rather than one regex location per model (whose cost grows with the number of models).
+    versioned = model is None and endpoint.model_scoped and sum(s == ANY_SEGMENT for s in pattern) > 1
+    capture = versioned and any(_models_there(rule, endpoint) for rule in policy.rules)
+    deny = _steps(policy, "deny", endpoint, model, capture, rule_variables, flags)
+    allow = _steps(policy, "allow", endpoint, model, capture, rule_variables, flags)
+    deny_all, checks, verdicts = _decision(deny, allow, _method_check(endpoint.methods, flags), flags)
     if ANY_SEGMENT in pattern:
-        regex = "^" + "".join("/" + ("[^/]+" if s == ANY_SEGMENT else regex_literal(s)) for s in pattern) + "\\z"
+        parts = []
+        for template_segment, segment in zip(endpoint.segments, pattern, strict=True):
+            if segment != ANY_SEGMENT:
+                parts.append(regex_literal(segment))
+            elif capture and template_segment == "{model}":
+                parts.append(f"(?<{MODEL_CAPTURE}>[^/]+)")
+            else:
+                parts.append("[^/]+")
         modifier: Literal["=", "~"] = "~"
-        path = regex
+        path = "^/" + "/".join(parts) + "\\z"
     else:
         modifier, path = "=", "/" + "/".join(pattern)
     what = f"{endpoint.category} {endpoint.template}" + (
-        f" for model {model}" if model is not None else " for any other model" if endpoint.model_scoped else "")
-    if not deny_all:
-        checks = (_method_check(endpoint.methods, flags), *checks)
-    return Location(modifier, path, deny_all, checks, _comment(what, deny, allow))
+        f" for model {model}" if model is not None
+        else " for any model (model lists: the captured $mg_model looked up in maps)" if capture
+        else " for any model" if versioned
+        else " for any other model" if endpoint.model_scoped else "")
+    return Location(modifier, path, deny_all, checks, _comment(what, deny, allow), verdicts)
 
 
-def _comment(what: str, deny: list[PolicyRule], allow: list[PolicyRule]) -> str:
+def _label(step: Step) -> str:
+    rule, variable = step
+    return rule.label + (" (listed models)" if variable is not None and "models_" in variable else "")
+
+
+def _comment(what: str, deny: list[Step], allow: list[Step]) -> str:
     parts = [what]
     if deny:
-        parts.append("denied by " + ", ".join(r.label for r in deny))
+        parts.append("denied by " + ", ".join(map(_label, deny)))
     if allow:
-        parts.append("allowed by " + ", ".join(r.label for r in allow))
+        parts.append("allowed by " + ", ".join(map(_label, allow)))
     else:
         parts.append("no allow rule")
     return "; ".join(parts)
@@ -286,15 +450,14 @@ def _http_locations(policy: Policy, port: str, rule_variables: dict[int, str], f
     for endpoint in load_catalog().http:
         if endpoint.port != port:
             continue
-        if endpoint.model_scoped:
+        if endpoint.model_scoped and sum(s in VARIABLES for s in endpoint.segments) == 1:
+            # Only {model} varies: one exact location per listed model (a tree lookup, flat).
             models = sorted({m for rule in policy.rules for g in rule.http if g.endpoint == endpoint
                              for m in g.models or ()})
-            for model in models:
-                location = _endpoint_location(policy, endpoint, model, rule_variables, flags)
-                (exact if location.modifier == "=" else regex).append(location)
+            exact += [_endpoint_location(policy, endpoint, model, rule_variables, flags) for model in models]
         location = _endpoint_location(policy, endpoint, None, rule_variables, flags)
-        # Regex locations are tried in file order: per-model ones precede the generic one of their shape,
-        # and shapes follow catalog order, the order in which Triton's router tries them.
+        # Regex locations are tried in file order: shapes follow catalog order, the order in which
+        # Triton's router tries them.
         (exact if location.modifier == "=" else regex).append(location)
     return exact + regex
 
@@ -302,12 +465,11 @@ def _http_locations(policy: Policy, port: str, rule_variables: dict[int, str], f
 def _grpc_locations(policy: Policy, rule_variables: dict[int, str], flags: Flags) -> list[Location]:
     locations = []
     for method in load_catalog().grpc:
-        deny = [r for r in policy.rules_for("deny") if method in r.grpc]
-        allow = [r for r in policy.rules_for("allow") if method in r.grpc]
-        deny_all, checks = _decision_checks(deny, allow, rule_variables, flags)
-        if not deny_all:
-            checks = (Check("request_method", "!=", GRPC_METHOD), *checks)
-        locations.append(Location("=", method.path, deny_all, checks, _comment(_grpc_what(method), deny, allow)))
+        deny = [(r, rule_variables.get(r.index)) for r in policy.rules_for("deny") if method in r.grpc]
+        allow = [(r, rule_variables.get(r.index)) for r in policy.rules_for("allow") if method in r.grpc]
+        deny_all, checks, verdicts = _decision(deny, allow, Check("request_method", "!=", GRPC_METHOD), flags)
+        locations.append(Location("=", method.path, deny_all, checks,
+                                  _comment(_grpc_what(method), deny, allow), verdicts))
     return locations
 
 

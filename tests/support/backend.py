@@ -20,6 +20,8 @@ STREAM_SUFFIX = "ModelStreamInfer"  # Triton's only bidirectional-streaming meth
 
 class _RecordingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like Triton; proxies reuse upstream connections
+    # Header and body are separate writes: with Nagle on, each proxied request waits ~40 ms for an ACK.
+    disable_nagle_algorithm = True
     server: _RecordingServer
 
     def _answer(self) -> None:

@@ -1,0 +1,1 @@
+"""meshgen benchmarks: ``python benchmarks/run.py`` (full) or ``--smoke`` (tiny sizes, no thresholds)."""

@@ -1,0 +1,149 @@
+"""``nginx --dry-run`` on a real nginx: every request of the matrix reaches the backend, and the log
+records, request by request, the decision ``decide()`` takes — allow/deny and the deciding rule.
+
+Each request carries a unique ``x-request-id`` (logged as ``request_id``), so log lines are matched to
+requests by id, not by order.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from meshgen.policy import Request, compile_policy, decide
+from meshgen.spec import LoadedSpec, Spec
+from meshgen.targets import nginx
+from tests.support.backend import Backend, grpc_call_on
+from tests.support.goldens import golden_cases, load_case
+from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
+from tests.support.nginx_process import NGINX, NginxProcess, free_port
+from tests.support.relay import SourceRelay
+from tests.test_nginx_conformance import Proxy, http_status
+
+pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
+
+MAX_REPORTED = 20
+LOG_LINE = re.compile(r'request_id="(?P<id>[^"]*)" decision="(?P<decision>[^"]*)"$')
+VERDICT = re.compile(r"^(?P<verdict>allow|deny) (?:rules\[(?P<index>\d+)\]|method|default|no-endpoint|non-canonical)$")
+
+
+def _expressible(case: str) -> bool:
+    return not any(c.principals or c.namespaces for c in load_case(case).spec.clients.values())
+
+
+@dataclass
+class DryRunProxy:
+    proxy: Proxy
+    log: Path
+
+
+@pytest.fixture(scope="module", params=[case for case in golden_cases() if _expressible(case)])
+def dry_run(request: pytest.FixtureRequest) -> Iterator[DryRunProxy]:
+    loaded = load_case(request.param)
+    spec = loopback_variant(loaded.spec)
+    policy = compile_policy(LoadedSpec(spec, loaded.source))
+    with Backend() as backend:
+        ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+        text = nginx.generate(
+            policy, full=True, daemon=False, prefix=None, dry_run=True,
+            listen_overrides={name: f"127.0.0.1:{port}" for name, port in ports.items()},
+            upstream_overrides={"http": f"127.0.0.1:{backend.http_port}",
+                                "grpc": f"127.0.0.1:{backend.grpc_port}",
+                                "metrics": f"127.0.0.1:{backend.http_port}"},
+        )
+        with NginxProcess(text, list(ports.values())) as process:
+            yield DryRunProxy(Proxy(spec, backend, ports), process.prefix / "access.log")
+
+
+def _read_log(path: Path, expected: int, timeout: float = 10) -> dict[str, str]:
+    """request id -> logged decision, once ``expected`` tagged lines are there (nginx logs at request end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, str] = {}
+        for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+            match = LOG_LINE.search(line)
+            if match and match["id"].startswith("mg-"):
+                assert match["id"] not in found, f"two log lines for {match['id']}"
+                found[match["id"]] = match["decision"]
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _compare(spec: Spec, request: Request, logged: str | None) -> str | None:
+    """Why the logged decision disagrees with decide(), or None."""
+    expected = decide(spec, request)
+    if logged is None:
+        return "no log line"
+    match = VERDICT.match(logged)
+    if match is None:
+        return f"unparsable decision {logged!r}"
+    if (match["verdict"] == "allow") != expected.allowed:
+        return f"logged {logged!r}, decide(): {expected.reason}"
+    index = int(match["index"]) if match["index"] is not None else None
+    if index != expected.rule_index:
+        return f"logged {logged!r}, decide() decided by rule {expected.rule_index} ({expected.reason})"
+    return None
+
+
+def test_dry_run_denies_nothing_and_logs_every_decision(dry_run: DryRunProxy) -> None:
+    proxy = dry_run.proxy
+    failures: list[str] = []
+    sent: dict[str, tuple[str, Request]] = {}
+    grpc_requests: dict[str, list[tuple[str, str, Request]]] = {}
+    http_sent = 0
+    for number, (label, request) in enumerate(full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP)):
+        tag = f"mg-{number}"
+        if request.protocol == "grpc":
+            if any(name != name.lower() for name in request.identity.headers):
+                continue  # grpcio refuses upper-case metadata keys client-side
+            grpc_requests.setdefault(request.identity.source_ip or "127.0.0.1", []).append((tag, label, request))
+            continue
+        sent[tag] = (label, request)
+        headers = [*request.identity.headers.items(), ("x-request-id", tag)]
+        status = http_status(proxy, request, headers=headers)
+        http_sent += 1
+        if status != 200:  # only the backend answers 200; nginx itself would have said 403 or 400
+            failures.append(f"{label}: HTTP {status}, expected to reach the backend")
+    for source_ip, calls in grpc_requests.items():
+        with SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay, \
+                grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
+            for tag, label, request in calls:
+                sent[tag] = (label, request)
+                code = grpc_call_on(channel, request.path, [*request.identity.headers.items(), ("x-request-id", tag)])
+                if code != grpc.StatusCode.OK:
+                    failures.append(f"{label}: gRPC {code.name}, expected to reach the backend")
+    assert len(proxy.backend.http_seen) == http_sent, "every HTTP request reaches the backend"
+    assert len(proxy.backend.grpc_seen) == len(sent) - http_sent, "every gRPC call reaches the backend"
+    logged = _read_log(dry_run.log, len(sent))
+    denials = 0
+    for tag, (label, request) in sent.items():
+        denials += not decide(proxy.spec, request).allowed
+        problem = _compare(proxy.spec, request, logged.get(tag))
+        if problem:
+            failures.append(f"{label}: {problem}")
+    print(f"dry run: {len(sent)} requests, {denials} would-be denials logged as deny")
+    assert denials > 0, "the matrix must exercise denials"
+    assert not failures, f"{len(failures)} of {len(sent)} failures:\n" + "\n".join(failures[:MAX_REPORTED])
+
+
+def test_dry_run_logs_non_canonical_paths_as_denied(dry_run: DryRunProxy) -> None:
+    """The enforcing config answers 400 to these; the dry run forwards them and logs the denial."""
+    proxy = dry_run.proxy
+    probes = ["/v2/x/../health/live", "/v2//health/live", "/v2/health/%6Cive"]
+    for number, path in enumerate(probes):
+        status = http_status(proxy, Request("http", "GET", path), headers=[("x-request-id", f"mg-nc-{number}")])
+        assert status == 200, path
+    logged = _read_log(dry_run.log, 0, timeout=0)
+    deadline = time.monotonic() + 10
+    while sum(tag.startswith("mg-nc-") for tag in logged) < len(probes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        logged = _read_log(dry_run.log, 0, timeout=0)
+    for number in range(len(probes)):
+        assert logged.get(f"mg-nc-{number}") == "deny non-canonical", (probes[number], logged.get(f"mg-nc-{number}"))

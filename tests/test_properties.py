@@ -1,0 +1,411 @@
+"""Property-based conformance: for any valid spec (tests/support/spec_strategy.py), every target's output
+is accepted by the real tool and grants exactly what ``decide()`` says.
+
+- Istio: every document passes the CRD schema/CEL/webhook checks and the Istio evaluator agrees with
+  ``decide()`` on the property matrix; refusals are only the documented ones.
+- Envoy: the ``--bootstrap`` output passes ``envoy --mode validate`` (batched in a thread pool after the
+  examples are generated: one process per config is all ``--mode validate`` takes).
+- nginx: ``--full`` passes ``nginx -t`` when nginx can express the spec; otherwise the documented error.
+- Real traffic: a sample of generated specs on a real Envoy and a real nginx, zero mismatches.
+
+Example counts: the floors below apply to the default (CI, derandomized) profile; a profile with more
+examples (``--hypothesis-profile=deep``: 2,000) raises them. Each property prints how many ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshgen.catalog import load_catalog
+from meshgen.errors import TargetError
+from meshgen.policy import Policy, Request, compile_policy, decide
+from meshgen.spec import LoadedSpec, Spec
+from meshgen.spec.model import Standalone, Tls
+from meshgen.targets import envoy, istio, nginx
+from meshgen.targets.nginx import SAFE_HEADER_VALUE_CHARS
+from tests import istio_eval
+from tests.istio_eval import Workload, evaluate
+from tests.istio_validation import validate_istio_document, webhook_warnings
+from tests.support.envoy_process import validate as envoy_validate
+from tests.support.goldens import load_case
+from tests.support.matrix import (
+    EXTRA_GRPC,
+    EXTRA_PATHS,
+    HTTP_METHODS,
+    LOOPBACK_OUTSIDER_IP,
+    OUTSIDER_IP,
+    RARE_METHODS,
+    UNLISTED_MODEL,
+    identities,
+)
+from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+from tests.support.pki import TestCA
+from tests.support.spec_strategy import GeneratedSpec, proxy_specs, specs
+from tests.test_istio import to_istio
+
+# celpy (the CEL evaluator behind tests/istio_validation.py) raises the recursion limit on first use;
+# hypothesis warns that it cannot restore it. Harmless here.
+pytestmark = pytest.mark.filterwarnings("ignore:The recursion limit will not be reset")
+
+WORKERS = max(2, os.cpu_count() or 2)
+# Validation only parses: these addresses are never bound.
+LISTEN = {"http": "127.0.0.1:18080", "grpc": "127.0.0.1:18081", "metrics": "127.0.0.1:18082"}
+UPSTREAM = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001", "metrics": "127.0.0.1:8002"}
+NEAR_MISS_MODELS = (UNLISTED_MODEL, "stats", "Resnet50")
+ALL_METHODS = (*HTTP_METHODS, *RARE_METHODS)
+
+
+def examples(floor: int, *, share: int = 1) -> int:
+    """``floor`` in CI; a profile that asks for more (deep: 2,000) gets ``its count // share``."""
+    return max(floor, settings.default.max_examples // share)
+
+
+def property_settings(floor: int, *, share: int = 1) -> settings:
+    return settings(max_examples=examples(floor, share=share), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- the property matrix -----------------------------------------------------------------------------
+
+
+def property_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[tuple[str, Request]]:
+    """Every catalog endpoint and gRPC method for every identity of tests/support/matrix.py, with fewer
+    variants than ``full_matrix`` so hundreds of specs fit the time budget.
+
+    Per (endpoint, identity): the endpoint's own methods plus one other method, on one listed model and
+    one near-miss model (unlisted, ``stats``, wrong case), rotated over identities and endpoints so that
+    across one spec every method and model meets every endpoint kind. The endpoint's path is also sent
+    to the other HTTP port. gRPC: every method for every identity.
+    """
+    listed = sorted({model for rule in spec.rules for model in rule.models or ()})
+    matrix: list[tuple[str, Request]] = []
+    for person_index, person in enumerate(identities(spec, outsider_ip)):
+        def add(port: str, method: str, path: str, who: Any = person) -> None:
+            matrix.append((f"{port} {method} {path} as {who.label}",
+                           Request(port, method, path, who.identity)))  # type: ignore[arg-type]
+
+        for endpoint_index, endpoint in enumerate(load_catalog().http):
+            turn = person_index + endpoint_index
+            models = [NEAR_MISS_MODELS[turn % len(NEAR_MISS_MODELS)]]
+            if listed:
+                models.insert(0, listed[turn % len(listed)])
+            other_method = next(m for step in range(len(ALL_METHODS))
+                                if (m := ALL_METHODS[(turn + step) % len(ALL_METHODS)]) not in endpoint.methods)
+            for model in models if endpoint.model_scoped else [""]:
+                path = endpoint.template.replace("{model}", model).replace("{version}", "1")
+                path = path.replace("{region}", "r0").replace("{repo}", "repo0")
+                for method in (*endpoint.methods, other_method):
+                    add(endpoint.port, method, path)
+            # The same path on the other HTTP port must never borrow this port's grants.
+            add("metrics" if endpoint.port == "http" else "http", endpoint.methods[0], path)
+        for port in ("http", "metrics"):
+            for path_index, path in enumerate(EXTRA_PATHS):
+                add(port, HTTP_METHODS[(person_index + path_index) % len(HTTP_METHODS)], path)
+            add(port, "GET", "/v2/health/live?q=1")
+        for method in [m.path for m in load_catalog().grpc] + list(EXTRA_GRPC):
+            add("grpc", "POST", method)
+    return matrix
+
+
+# --- shared expectations -----------------------------------------------------------------------------
+
+
+def rule_clients(spec: Spec) -> dict[str, Any]:
+    """Clients some rule names (unused clients reach no target)."""
+    used = {name for rule in spec.rules if rule.from_ != "anyone" for name in rule.from_}
+    return {name: client for name, client in spec.clients.items() if name in used}
+
+
+def needs_mtls(spec: Spec) -> list[str]:
+    return sorted(name for name, client in rule_clients(spec).items() if client.principals or client.namespaces)
+
+
+def istio_refusals(spec: Spec) -> list[str]:
+    """Documented Istio refusals: a header value with a leading/trailing '*' (a wildcard to Istio)."""
+    return [rf"istio: client '{name}' header '{re.escape(header)}': .*wildcard"
+            for name, client in rule_clients(spec).items()
+            for header, value in (client.headers or {}).items()
+            if str(value).startswith("*") or str(value).endswith("*")]
+
+
+def nginx_refusals(spec: Spec) -> list[str]:
+    """Documented nginx refusals: mTLS identities, and header values outside nginx's safe characters."""
+    expected: list[str] = []
+    for name, client in rule_clients(spec).items():
+        kinds = [kind for kind in ("principals", "namespaces") if getattr(client, kind)]
+        if kinds:
+            expected.append(rf"nginx: client '{name}' is identified by {' and '.join(kinds)}, which need the mTLS")
+        for header, value in (client.headers or {}).items():
+            if set(str(value)) - SAFE_HEADER_VALUE_CHARS:
+                expected.append(rf"nginx: client '{name}' header '{re.escape(header)}': the value contains")
+    return expected
+
+
+def assert_refused_as_documented(error: TargetError, documented: list[str], spec_text: str) -> None:
+    assert documented, f"unexpected refusal {error} for a spec the target should express:\n{spec_text}"
+    assert any(re.search(pattern, str(error)) for pattern in documented), (str(error), documented)
+
+
+# --- Istio ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def validated_once() -> Iterator[None]:
+    """The evaluator re-validates every policy on every request (it is built for one-off calls); once a
+    spec's policies passed validation, skip that so a spec's whole matrix costs milliseconds."""
+    with mock.patch.object(istio_eval, "validate_policy", lambda policy: None), \
+            mock.patch.object(istio_eval, "_validate_rule", lambda rule, where: rule):
+        yield
+
+
+def istio_mismatches(spec: Spec, documents: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    policies = [doc for doc in documents if doc["kind"] == "AuthorizationPolicy"]
+    workload = Workload(spec.metadata.namespace, spec.workload.selector)
+    ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
+    matrix = property_matrix(spec)
+    mismatches: list[str] = []
+    for position, (label, request) in enumerate(matrix):
+        expected = decide(spec, request).allowed
+        if position == 0:
+            observed = evaluate(policies, workload, to_istio(request, ports))  # validates every policy
+        else:
+            with validated_once():
+                observed = evaluate(policies, workload, to_istio(request, ports))
+        if observed != expected:
+            mismatches.append(f"{label}: istio {'allows' if observed else 'denies'}, decide() "
+                              f"{'allows' if expected else 'denies'}")
+    return len(matrix), mismatches
+
+
+ISTIO_RUNS: list[int] = []
+
+
+@property_settings(100)
+@given(generated=specs())
+def test_istio_output_is_valid_and_agrees_with_decide(generated: GeneratedSpec) -> None:
+    ISTIO_RUNS.append(1)
+    loaded = generated.load()
+    documented = istio_refusals(loaded.spec)
+    try:
+        text = istio.generate(compile_policy(loaded))
+    except TargetError as error:
+        assert_refused_as_documented(error, documented, generated.to_yaml())
+        return
+    assert not documented, f"istio accepted a header value it documents as a wildcard:\n{generated.to_yaml()}"
+    documents = list(yaml.safe_load_all(text))
+    for document in documents:
+        assert validate_istio_document(document) == [], document
+        assert webhook_warnings(document) == [], document
+    total, mismatches = istio_mismatches(loaded.spec, documents)
+    assert not mismatches, f"{len(mismatches)}/{total} mismatches:\n" + "\n".join(mismatches[:20])
+
+
+def test_istio_property_ran_enough_examples() -> None:
+    # Runs after the property (file order): the floor is a promise of the CI budget, keep it honest.
+    print(f"istio property: {len(ISTIO_RUNS)} examples")
+    assert len(ISTIO_RUNS) >= examples(100) or not ISTIO_RUNS  # not ISTIO_RUNS: property deselected
+
+
+# --- Envoy ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def envoy_tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """Test certificates, generated once per session, for the mTLS listeners of bootstraps that need them."""
+    ca = TestCA(tmp_path_factory.mktemp("prop-pki"))
+    server = ca.issue("envoy", server=True)
+    return Tls(cert=str(server.cert), key=str(server.key), clientCA=str(ca.ca.cert))
+
+
+def with_tls(loaded: LoadedSpec, tls: Tls) -> LoadedSpec:
+    standalone = loaded.spec.standalone or Standalone()
+    spec = loaded.spec.model_copy(update={"standalone": standalone.model_copy(update={"tls": tls})})
+    return LoadedSpec(spec, loaded.source)
+
+
+def bootstrap(policy: Policy, dry_run: bool) -> str:
+    return envoy.generate(policy, bootstrap=True, listen_overrides=LISTEN, upstream_overrides=UPSTREAM,
+                          admin="127.0.0.1:19901", dry_run=dry_run)
+
+
+def envoy_validate_failure(config: Path) -> str | None:
+    result = envoy_validate(config)
+    output = result.stdout + result.stderr
+    if result.returncode != 0 or "Deprecated field" in output or "deprecated" in output.lower():
+        return f"{config.name}: exit {result.returncode}\n{output[-2000:]}"
+    return None
+
+
+@pytest.mark.envoy
+def test_envoy_bootstraps_pass_envoy_validate(tmp_path_factory: pytest.TempPathFactory, envoy_tls: Tls) -> None:
+    directory = tmp_path_factory.mktemp("prop-envoy")
+    configs: list[Path] = []
+    sources: dict[str, str] = {}
+
+    @property_settings(100)
+    @given(generated=specs(), dry_run=st.booleans())
+    def generate_bootstraps(generated: GeneratedSpec, dry_run: bool) -> None:
+        loaded = generated.load()
+        mtls_clients = needs_mtls(loaded.spec)
+        if mtls_clients:
+            # Documented exit 2: a standalone Envoy checks principals/namespaces only on mutual TLS.
+            with pytest.raises(TargetError, match=r"standalone\.tls") as refused:
+                bootstrap(compile_policy(loaded), dry_run)
+            assert f"clients {', '.join(mtls_clients)} are identified" in str(refused.value)
+            loaded = with_tls(loaded, envoy_tls)
+        config = directory / f"bootstrap-{len(configs):05d}.yaml"
+        config.write_text(bootstrap(compile_policy(loaded), dry_run), encoding="utf-8")
+        configs.append(config)
+        sources[config.name] = generated.to_yaml()
+
+    generate_bootstraps()
+    # Generated first, validated after: one Envoy process per config, several at a time.
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        failures = [failure for failure in pool.map(envoy_validate_failure, configs) if failure]
+    print(f"envoy property: {len(configs)} bootstraps validated, {len(failures)} failures")
+    assert len(configs) >= examples(100)
+    assert not failures, "\n\n".join(f"{f}\nspec:\n{sources[f.split(':', 1)[0]]}" for f in failures[:5])
+
+
+# --- nginx ---------------------------------------------------------------------------------------------
+
+
+def nginx_t_failure(config: Path) -> str | None:
+    prefix = make_prefix()
+    try:
+        result = nginx_test(config, prefix)
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+    if result.returncode != 0 or "warn" in result.stderr:
+        return f"{config.name}: exit {result.returncode}\n{result.stderr[-2000:]}"
+    return None
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("prop-nginx")
+    configs: list[Path] = []
+    sources: dict[str, str] = {}
+    refused: list[str] = []
+
+    @property_settings(100)
+    @given(generated=st.one_of(specs(), proxy_specs()))
+    def generate_configs(generated: GeneratedSpec) -> None:
+        loaded = generated.load()
+        documented = nginx_refusals(loaded.spec)
+        try:
+            text = nginx.generate(compile_policy(loaded), full=True, daemon=False, prefix=None,
+                                  listen_overrides=LISTEN, upstream_overrides=UPSTREAM)
+        except TargetError as error:
+            assert_refused_as_documented(error, documented, generated.to_yaml())
+            refused.append(str(error))
+            return
+        assert not documented, f"nginx expressed a spec it documents as inexpressible:\n{generated.to_yaml()}"
+        config = directory / f"nginx-{len(configs):05d}.conf"
+        config.write_text(text, encoding="utf-8")
+        configs.append(config)
+        sources[config.name] = generated.to_yaml()
+
+    generate_configs()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        failures = [failure for failure in pool.map(nginx_t_failure, configs) if failure]
+    print(f"nginx property: {len(configs)} configs through nginx -t, {len(refused)} refused as documented, "
+          f"{len(failures)} failures")
+    assert len(configs) + len(refused) >= examples(100)
+    assert len(configs) >= examples(100) // 4, "too few expressible specs: the strategy drifted"
+    assert not failures, "\n\n".join(f"{f}\nspec:\n{sources[f.split(':', 1)[0]]}" for f in failures[:5])
+
+
+# --- real traffic ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.envoy
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_real_envoy_and_nginx_agree_with_decide(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Imported here: these modules are test modules (their fixtures must not leak into this one).
+    from tests.test_envoy_conformance import _run_matrix as run_envoy_matrix
+    from tests.test_envoy_conformance import start_spec as start_envoy
+    from tests.test_nginx_conformance import run_matrix as run_nginx_matrix
+    from tests.test_nginx_conformance import start_proxy as start_nginx
+
+    ran: list[int] = []
+    granted: list[int] = []  # requests decide() allows: a deny-everything proxy must not pass unnoticed
+
+    @property_settings(20, share=20)
+    @given(generated=proxy_specs())
+    def run_on_real_proxies(generated: GeneratedSpec) -> None:
+        loaded = generated.load()
+        mismatches: list[str] = []
+        with start_envoy(loaded, tmp_path_factory.mktemp("prop-real-envoy")) as running:
+            total, _, found = run_envoy_matrix(running, property_matrix(running.spec, LOOPBACK_OUTSIDER_IP))
+            mismatches += [f"envoy {m}" for m in found]
+        with start_nginx(loaded) as proxy:
+            total_nginx, found = run_nginx_matrix(proxy, property_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP))
+            mismatches += [f"nginx {m}" for m in found]
+        ran.append(total + total_nginx)
+        granted.append(sum(decide(running.spec, request).allowed
+                           for _, request in property_matrix(running.spec, LOOPBACK_OUTSIDER_IP)))
+        assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
+
+    run_on_real_proxies()
+    print(f"real-traffic property: {len(ran)} specs, {sum(ran)} requests, {sum(granted)} allowed per proxy")
+    assert len(ran) >= examples(20, share=20)
+    assert sum(bool(count) for count in granted) >= len(granted) // 4, "too few specs grant anything"
+
+
+def test_generated_specs_are_valid_and_varied() -> None:
+    """The strategy itself: every draw loads, and the features the properties rely on all occur."""
+    seen: set[str] = set()
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(generated=specs())
+    def observe(generated: GeneratedSpec) -> None:
+        spec = generated.load().spec
+        document = generated.document
+        seen.update(kind for client in document.get("clients", {}).values() for kind in client)
+        seen.update(rule_key for rule in document.get("rules", []) for rule_key in rule)
+        seen.update(f"mtls:{spec.mtls.mode}" for _ in [0])
+        if any(rule.from_ == "anyone" for rule in spec.rules):
+            seen.add("anyone")
+        if "rules" in document and not document["rules"]:
+            seen.add("empty-rules")
+        if generated.environ:
+            seen.add("env")
+        if spec.mtls.port_overrides:
+            seen.add("portOverrides")
+        if any(":" in block for c in spec.clients.values() for block in c.ip_blocks or ()):
+            seen.add("ipv6")
+
+    observe()
+    wanted = {"principals", "namespaces", "ipBlocks", "headers", "allow", "deny", "models", "grpcAllModels",
+              "anyone", "empty-rules", "env", "portOverrides", "ipv6", "mtls:STRICT", "mtls:PERMISSIVE",
+              "mtls:DISABLE"}
+    assert wanted <= seen, wanted - seen
+
+
+def test_property_matrix_covers_every_endpoint_and_identity() -> None:
+    spec = load_case("identity-kinds").spec
+    matrix = property_matrix(spec)
+    assert {label.split(" as ", 1)[1] for label, _ in matrix} == {person.label for person in identities(spec)}
+    grpc_paths = {request.path for _, request in matrix if request.protocol == "grpc"}
+    assert grpc_paths == {m.path for m in load_catalog().grpc} | set(EXTRA_GRPC)
+    for endpoint in load_catalog().http:
+        assert any(request.protocol == endpoint.port
+                   and endpoint.match(tuple(request.path.split("?")[0].split("/")[1:])) is not False
+                   for _, request in matrix), endpoint.template
