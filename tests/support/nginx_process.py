@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -39,15 +40,22 @@ def free_port() -> int:
 class NginxProcess:
     """nginx in the foreground (the config must say ``daemon off;``) until ``stop()``."""
 
-    def __init__(self, config_text: str, ports: list[int]) -> None:
+    def __init__(self, config_text: str, ports: list[int], *, prefix: Path | None = None,
+                 run_as: str | None = None) -> None:
+        """``run_as``: a user to drop to first (needs root), to prove the config runs unprivileged."""
         assert NGINX is not None
-        self.prefix = make_prefix()
+        self.prefix = prefix or make_prefix()
         self.config = self.prefix / "nginx.conf"
         self.config.write_text(config_text, encoding="utf-8")
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.prefix), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        command = [NGINX, "-p", str(self.prefix), "-c", str(self.config)]
+        if run_as is not None:
+            shutil.chown(self.prefix, run_as)
+            shutil.chown(self.config, run_as)
+            # -e: before reading the config nginx opens its compiled-in error log, root-only on Debian.
+            user = pwd.getpwnam(run_as)
+            command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                       *command, "-e", str(self.prefix / "error.log")]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._wait_listening(ports)
 
     def _wait_listening(self, ports: list[int], timeout: float = 10) -> None:
