@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -288,6 +289,10 @@ def nginx(
 
 
 def main() -> None:
+    # One run builds large acyclic trees (policy data, YAML nodes, template output) that reference
+    # counting frees; the cyclic collector would only re-traverse them, again and again as they grow:
+    # 40 % of `meshgen all` for 1,000 models x 100 clients, for no memory saved (docs/performance.md).
+    gc.disable()
     try:
         app()
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ Design (see ../shared/reference/nginx-notes.md for the bypasses this avoids):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -377,35 +378,65 @@ def _models_there(rule: PolicyRule, endpoint: HttpEndpoint) -> frozenset[str] | 
     return frozenset(models) if covered else False
 
 
-def _steps(policy: Policy, action: Literal["allow", "deny"], endpoint: HttpEndpoint, model: str | None,
-           capture: bool, rule_variables: dict[int, str], flags: Flags) -> list[Step]:
-    """The rules of ``action`` covering ``endpoint`` for ``model`` (None: a model no per-model location has,
+class _EndpointGrants:
+    """Which rules grant one endpoint, and on which models, computed once per endpoint.
+
+    An endpoint has one location per listed model; rescanning every rule's grants (and copying a
+    rule's model list) for each of them made the nginx target quadratic in the number of models.
+    """
+
+    def __init__(self, policy: Policy, endpoint: HttpEndpoint) -> None:
+        self.endpoint = endpoint
+        self.rules = policy.rules
+        # Rules are keyed by their position in policy.rules: sorted positions are spec order.
+        # position -> _models_there(rule, endpoint), for the rules that grant the endpoint at all
+        self.models: dict[int, frozenset[str] | None] = {}
+        self.any_model: set[int] = set()  # rules granting every model
+        self.by_model: dict[str, set[int]] = {}  # model -> rules listing it
+        for position, rule in enumerate(policy.rules):
+            models = _models_there(rule, endpoint)
+            if models is False:
+                continue
+            self.models[position] = models
+            if models is None:
+                self.any_model.add(position)
+            for model in models or ():
+                self.by_model.setdefault(model, set()).add(position)
+
+    def granting(self, model: str) -> list[PolicyRule]:
+        """The rules that grant ``model`` here, in spec order: those for every model and those listing it."""
+        return [self.rules[position] for position in sorted(self.any_model | self.by_model.get(model, set()))]
+
+
+def _steps(action: Literal["allow", "deny"], grants: _EndpointGrants, model: str | None, capture: bool,
+           rule_variables: dict[int, str], flags: Flags) -> list[Step]:
+    """The rules of ``action`` covering the endpoint for ``model`` (None: a model no per-model location has,
     or with ``capture`` the model captured from the path) with their flags there."""
+    if model is not None:
+        return [(rule, rule_variables.get(rule.index)) for rule in grants.granting(model) if rule.action == action]
     steps: list[Step] = []
-    for rule in policy.rules_for(action):
-        models = _models_there(rule, endpoint)
-        if models is False:
+    for position, models in grants.models.items():
+        rule = grants.rules[position]
+        if rule.action != action:
             continue
         if models is None:
             steps.append((rule, rule_variables.get(rule.index)))
-        elif model is not None:
-            if model in models:
-                steps.append((rule, rule_variables.get(rule.index)))
         elif capture:
             steps.append((rule, _rule_flag(rule, models, rule_variables, flags)))
     return steps
 
 
 def _endpoint_location(
-    policy: Policy, endpoint: HttpEndpoint, model: str | None, rule_variables: dict[int, str], flags: Flags,
+    policy: Policy, grants: _EndpointGrants, model: str | None, rule_variables: dict[int, str], flags: Flags,
 ) -> Location:
+    endpoint = grants.endpoint
     pattern = endpoint.pattern(model)
     # A generic shape with another variable besides {model} captures the model and looks it up in maps,
     # rather than one regex location per model (whose cost grows with the number of models).
     versioned = model is None and endpoint.model_scoped and sum(s == ANY_SEGMENT for s in pattern) > 1
-    capture = versioned and any(_models_there(rule, endpoint) for rule in policy.rules)
-    deny = _steps(policy, "deny", endpoint, model, capture, rule_variables, flags)
-    allow = _steps(policy, "allow", endpoint, model, capture, rule_variables, flags)
+    capture = versioned and any(grants.models.values())
+    deny = _steps("deny", grants, model, capture, rule_variables, flags)
+    allow = _steps("allow", grants, model, capture, rule_variables, flags)
     deny_all, checks, verdicts = _decision(deny, allow, _method_check(endpoint.methods, flags), flags)
     if ANY_SEGMENT in pattern:
         parts = []
@@ -450,12 +481,13 @@ def _http_locations(policy: Policy, port: str, rule_variables: dict[int, str], f
     for endpoint in load_catalog().http:
         if endpoint.port != port:
             continue
+        grants = _EndpointGrants(policy, endpoint)
         if endpoint.model_scoped and sum(s in VARIABLES for s in endpoint.segments) == 1:
             # Only {model} varies: one exact location per listed model (a tree lookup, flat).
             models = sorted({m for rule in policy.rules for g in rule.http if g.endpoint == endpoint
                              for m in g.models or ()})
-            exact += [_endpoint_location(policy, endpoint, model, rule_variables, flags) for model in models]
-        location = _endpoint_location(policy, endpoint, None, rule_variables, flags)
+            exact += [_endpoint_location(policy, grants, model, rule_variables, flags) for model in models]
+        location = _endpoint_location(policy, grants, None, rule_variables, flags)
         # Regex locations are tried in file order: shapes follow catalog order, the order in which
         # Triton's router tries them.
         (exact if location.modifier == "=" else regex).append(location)
@@ -501,33 +533,30 @@ def check_rendered(text: str, context: dict[str, Any]) -> None:
         raise AssertionError("nginx template mangled the locations")
 
 
+# One token per match, in nginx's terms: whitespace and comments (skipped), a brace or ';', a quoted
+# string (group 2 or 3, escapes still in) or a bare word. One regex scan instead of a Python loop per
+# character: the check runs on every generated config, megabytes for thousands of models.
+_TOKEN = re.compile(
+    r"""\s+|#[^\n]*|([{};])|"((?:\\.|[^"\\])*)"|'((?:\\.|[^'\\])*)'|([^\s{};"'#][^\s{};]*)""", re.DOTALL
+)
+_ESCAPE = re.compile(r"""\\(["'\\])""")
+
+
 def _tokens(text: str) -> list[str]:
     """nginx's tokenizer, enough for our own output: words, quoted strings (unescaped), braces, ';'."""
     tokens: list[str] = []
     index = 0
     while index < len(text):
-        char = text[index]
-        if char.isspace():
-            index += 1
-        elif char == "#":
-            index = text.find("\n", index) if "\n" in text[index:] else len(text)
-        elif char in "{};":
-            tokens.append(char)
-            index += 1
-        elif char in "\"'":
-            end = index + 1
-            value = []
-            while text[end] != char:
-                if text[end] == "\\" and text[end + 1] in "\"'\\":
-                    end += 1
-                value.append(text[end])
-                end += 1
-            tokens.append("".join(value))
-            index = end + 1
-        else:
-            end = index
-            while end < len(text) and not text[end].isspace() and text[end] not in "{};":
-                end += 1
-            tokens.append(text[index:end])
-            index = end
+        match = _TOKEN.match(text, index)
+        if match is None:
+            raise AssertionError(f"nginx template produced an unterminated quoted string at offset {index}")
+        index = match.end()
+        brace, double, single, word = match.groups()
+        if word is not None:
+            tokens.append(word)
+        elif brace is not None:
+            tokens.append(brace)
+        elif double is not None or single is not None:
+            quoted = double if double is not None else single
+            tokens.append(_ESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted)
     return tokens
