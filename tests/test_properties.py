@@ -150,7 +150,8 @@ def nginx_refusals(spec: Spec) -> list[str]:
             expected.append(rf"nginx: client '{name}' is identified by {' and '.join(kinds)}, which need the mTLS")
         for header, value in (client.headers or {}).items():
             if set(str(value)) - SAFE_HEADER_VALUE_CHARS:
-                expected.append(rf"nginx: client '{name}' header '{re.escape(header)}': the value contains")
+                # Header names are case-insensitive: messages name them in lower case.
+                expected.append(rf"nginx: client '{name}' header '{re.escape(header.lower())}': the value contains")
     return expected
 
 

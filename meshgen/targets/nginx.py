@@ -85,6 +85,7 @@ class Flags:
     geos: list[dict[str, Any]] = field(default_factory=list)
     maps: list[dict[str, Any]] = field(default_factory=list)
     model_sets: dict[tuple[str, ...], int] = field(default_factory=dict)
+    allow_sets: dict[tuple[str, ...], str] = field(default_factory=dict)
     _defined: set[str] = field(default_factory=set)
 
     def add_map(self, source_variables: Iterable[str], variable: str, entries: list[tuple[str, str]],
@@ -96,6 +97,17 @@ class Flags:
             self.maps.append({"source": source, "variable": nginx_variable(variable), "entries": entries,
                               "comment": comment})
         return variable
+
+    def add_any_of(self, variables: list[str]) -> str:
+        """A flag that is 1 when any of ``variables`` is; numbered, because a name spelled from the
+        rule flags would grow with them past nginx's variable-name hash limits."""
+        key = tuple(variables)
+        if key not in self.allow_sets:
+            self.allow_sets[key] = self.add_map(
+                variables, f"mg_allow_{len(self.allow_sets)}", [("default", "0"), ("~1", "1")],
+                "1 when one of these allow rules matches: " + ", ".join(variables),
+            )
+        return self.allow_sets[key]
 
     def largest_map(self) -> int:
         return max((len(m["entries"]) for m in self.maps), default=0)
@@ -154,23 +166,50 @@ def build_context(policy: Policy, listen_overrides: Mapping[str, str | None],
     }
 
 
+NGINX_BUILTIN_VARIABLES = 200  # nginx's own variables share the variables hash with ours (~150 in 1.22)
+MANY_VARIABLES = 32  # up to here nginx 1.22 builds its default variables hash (1024 slots, 64-byte buckets)
+
+
 def _map_hash_sizes(flags: Flags) -> dict[str, int] | None:
-    """map_hash_max_size/bucket_size when the defaults (2048/64) would not build an optimal hash.
+    """map_hash_* and variables_hash_* sizes when nginx's defaults (2048/64, 1024/64) would not build
+    an optimal hash (nginx then warns, or for variables refuses to start).
 
     Emitted only then: they are http{}-wide and a main config setting them too would clash with the drop-in.
-    The sizes follow nginx's ngx_hash_init: an element takes align(8 + key length + 2, 8) bytes, a bucket
-    also ends with a pointer; a table of ~16 slots per key always has a size where every bucket fits.
     """
-    keys, longest = flags.largest_map(), flags.longest_key()
-    bucket = 64
-    while bucket < (8 + longest + 2 + 7) // 8 * 8 + 8:
+    map_sizes = _hash_sizes(flags.largest_map(), flags.longest_key(), (2048, 64))
+    variables = [m["variable"] for m in flags.maps] + [g["variable"] for g in flags.geos]
+    variable_sizes = None
+    if len(variables) > MANY_VARIABLES:
+        variable_sizes = _hash_sizes(
+            len(variables) + NGINX_BUILTIN_VARIABLES, max(len(v) for v in variables), (1024, 64)
+        )
+    if map_sizes is None and variable_sizes is None:
+        return None
+    return {
+        "max_size": (map_sizes or (2048, 64))[0],
+        "bucket_size": (map_sizes or (2048, 64))[1],
+        "variables_max_size": (variable_sizes or (1024, 64))[0],
+        "variables_bucket_size": (variable_sizes or (1024, 64))[1],
+    }
+
+
+def _hash_sizes(keys: int, longest: int, defaults: tuple[int, int]) -> tuple[int, int] | None:
+    """(max_size, bucket_size) for nginx's ngx_hash_init, or None when the defaults suffice.
+
+    An element takes align(8 + key length + 2, 8) bytes and a bucket ends with a pointer. A bucket that
+    holds at least four of the longest elements and a table of ~16 slots per key always leave nginx a
+    size where every bucket fits; with one element per bucket it would need a collision-free table.
+    """
+    element = (8 + longest + 2 + 7) // 8 * 8
+    bucket = defaults[1]
+    while bucket < 4 * element + 8:
         bucket *= 2
-    max_size = 2048
+    max_size = defaults[0]
     while max_size < 16 * keys:
         max_size *= 2
-    if (bucket, max_size) == (64, 2048):
-        return None
-    return {"max_size": max_size, "bucket_size": bucket}
+    sizes = (max_size, bucket)
+    small = keys * 16 <= defaults[0] and element + 8 <= defaults[1]
+    return None if small else sizes
 
 
 def _server(policy: Policy, port: str, address: PortAddresses, locations: list[Location]) -> dict[str, Any]:
@@ -335,13 +374,7 @@ def _decision(deny: list[Step], allow: list[Step], method: Check, flags: Flags,
     checks = [method, *(Check(v) for _, v in deny if v is not None)]
     if all(v is not None for _, v in allow):
         variables = sorted({v for _, v in allow if v is not None}, key=_flag_order)
-        if len(variables) == 1:
-            variable = variables[0]
-        else:
-            variable = flags.add_map(
-                variables, "mg_allow_rules_" + "_".join(v.removeprefix("mg_rule_") for v in variables),
-                [("default", "0"), ("~1", "1")], "1 when one of these allow rules matches",
-            )
+        variable = variables[0] if len(variables) == 1 else flags.add_any_of(variables)
         checks.append(Check(variable, "=", "0"))
     return False, tuple(checks), audit
 
