@@ -22,6 +22,8 @@ from typing import Literal
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 
+from tests.support.relay import pipe
+
 WireProtocol = Literal["http", "grpc", "metrics"]
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 MAX_FORWARD_TIMEOUT = 3600.0
@@ -177,23 +179,11 @@ class HttpTap:
             with self._lock:
                 self._sockets += [client, upstream]
             exchange = _Exchange(self)
-            threading.Thread(target=self._pipe, args=(client, upstream, _HttpStreamParser(exchange.on_request)),
+            # The request is recorded before it is forwarded: its answer cannot come back unlogged.
+            threading.Thread(target=pipe, args=(client, upstream, _HttpStreamParser(exchange.on_request).feed),
                              daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, _HttpStreamParser(exchange.on_response)),
+            threading.Thread(target=pipe, args=(upstream, client, _HttpStreamParser(exchange.on_response).feed),
                              daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket, parser: _HttpStreamParser) -> None:
-        try:
-            while data := source.recv(65536):
-                # Record before forwarding: the answer cannot come back before its request is logged.
-                parser.feed(data)
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         self._listener.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 
@@ -40,20 +41,8 @@ class SourceRelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # Pass the half-close on so the other side sees EOF, as it would without the relay.
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
 
     def close(self) -> None:
         self._closed.set()
@@ -70,3 +59,18 @@ class SourceRelay:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.close()
+
+
+def pipe(source: socket.socket, sink: socket.socket, observe: Callable[[bytes], None] | None = None) -> None:
+    """Copy bytes until EOF; ``observe`` sees each chunk before it is forwarded."""
+    try:
+        while data := source.recv(65536):
+            if observe is not None:
+                observe(data)
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        # Pass the half-close on so the other side sees EOF, as it would without the relay.
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
