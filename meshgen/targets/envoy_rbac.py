@@ -19,6 +19,9 @@ One entry per (rule, client, port/method group, path shape):
   ``prefix_match_map`` trie keyed ``/v2/models/<model>/`` (``exact_match_map`` / ``prefix
   "/v2/models/<model>?"`` when the model is the last segment). The gate has already checked every
   other segment, and model names hold neither '/' nor '?', so the key pins the model segment exactly.
+  Each per-model entry starts with ``:method`` and a literal-prefix guard on :path (``prefix
+  /v2/models/``, ``/v2/repository/``; implied by the gate, so it changes no decision): a request for
+  another endpoint leaves the entry after one string compare, before the identity and the gate regex.
   Lookup cost does not grow with the number of models, and no regex holds a model list, so the
   output never needs a raised RE2 program-size limit.
 - endpoints whose model segment follows a variable segment (``/v2/repository/{repo}/models/{model}/
@@ -29,6 +32,7 @@ One entry per (rule, client, port/method group, path shape):
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -126,7 +130,8 @@ class _Group:
         self.static: list[dict[str, Any]] = []  # path predicates
         # (gate regexes, map kind, key -> None) per per-model prefix, in first-seen order
         self.tries: dict[tuple[str, str], tuple[list[str], dict[str, None]]] = {}
-        self.fallback: dict[str, dict[str, None]] = {}  # gate regex -> per-model regexes
+        # gate regex -> (literal prefix of the gate, per-model regexes)
+        self.fallback: dict[str, tuple[str, dict[str, None]]] = {}
 
     def add_static(self, predicate: dict[str, Any]) -> None:
         if predicate not in self.static:
@@ -140,7 +145,8 @@ class _Group:
                               for i, s in enumerate(segments))
         if any(s.startswith("{") for s in before):
             gate = "/" + "/".join(gate_segments) + QUERY
-            keys = self.fallback.setdefault(gate, {})
+            literal = "/" + "".join(s + "/" for s in itertools.takewhile(lambda s: not s.startswith("{"), before))
+            _, keys = self.fallback.setdefault(gate, (literal, {}))
             for model in models:
                 keys["/" + "/".join(re.escape(model) if s == _MODEL else g
                                     for s, g in zip(segments, gate_segments, strict=True)) + QUERY] = None
@@ -169,20 +175,29 @@ class _Group:
             if self.excluded:
                 conditions.append({"not_matcher": _any([p for path in self.excluded for p in _literal(path)])})
             result.append({"predicate": _all(conditions), "on_match": on_match})
-        for (_, kind), (gates, table) in self.tries.items():
+        # Per-model entries: a literal-prefix guard on :path (implied by the gate regexes, which all
+        # start with that literal) comes right after :method, so a request for another endpoint
+        # leaves the entry after one string compare instead of running the identity checks and
+        # every gate regex.
+        for (prefix, kind), (gates, table) in self.tries.items():
             gate = _any([_path({"safe_regex": _regex(g)}) for g in gates])
             if kind == "exact":
                 tree = {"exact_match_map": {"map": dict.fromkeys(table, on_match)}}
             else:
                 tree = {"prefix_match_map": {"map": dict.fromkeys(table, on_match)}}
-            result.append({"predicate": _all([*head, gate]),
+            result.append({"predicate": _all([*self._guarded(prefix), *identity, gate]),
                            "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}}})
-        for gate_regex, regexes in self.fallback.items():
+        for gate_regex, (literal, regexes) in self.fallback.items():
             nested = {"matcher_list": {"matchers": [
                 {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in regexes]}}
-            result.append({"predicate": _all([*head, _path({"safe_regex": _regex(gate_regex)})]),
+            result.append({"predicate": _all([*self._guarded(literal), *identity,
+                                              _path({"safe_regex": _regex(gate_regex)})]),
                            "on_match": {"matcher": nested}})
         return result
+
+    def _guarded(self, literal: str) -> list[dict[str, Any]]:
+        """``:method``, the literal-prefix guard on :path, then the destination port (filter output)."""
+        return [self.head[0], _path({"prefix": literal}), *self.head[1:]]
 
 
 def _groups(policy: Policy, rule: PolicyRule, port: str | None) -> list[_Group]:
