@@ -13,7 +13,7 @@ import pytest
 from meshgen.errors import TargetError
 from meshgen.policy import Policy, compile_policy
 from meshgen.spec import load_spec_text
-from meshgen.targets import nginx
+from meshgen.targets import nginx, nginx_flags
 from meshgen.targets.nginx_quote import nginx_arg, regex_literal
 from tests.support.goldens import GOLDEN_DIR, assert_golden, golden_cases, load_case
 from tests.support.nginx_process import NGINX, make_prefix, nginx_test
@@ -131,15 +131,15 @@ def test_full_config_parses_with_crossplane(case: str, tmp_path: Path) -> None:
                 # Plain map keys compare case-insensitively: only default, 0/1 flag strings and regexes,
                 # and model names in the spelling maps, whose value a case-sensitive guard compares.
                 if spelling:
-                    assert key.startswith(nginx.MODEL_KEY_PREFIX) and \
-                        key[len(nginx.MODEL_KEY_PREFIX):] == entry["args"][0].split("/")[0].lower(), entry
+                    assert key.startswith(nginx_flags.MODEL_KEY_PREFIX) and \
+                        key[len(nginx_flags.MODEL_KEY_PREFIX):] == entry["args"][0].split("/")[0].lower(), entry
                     continue
                 assert key == "default" or set(key) <= {"0", "1"} or key.startswith("~"), key
                 assert not key.startswith("~*"), key
             if spelling:
                 guard = [d for d in directives if d["directive"] == "map"
                          and d["args"][0].endswith("/$" + directive["args"][1][1:])]
-                assert len(guard) == 1 and guard[0]["block"][1]["directive"] == nginx.SPELLING_GUARD
+                assert len(guard) == 1 and guard[0]["block"][1]["directive"] == nginx_flags.SPELLING_GUARD
 
 
 def test_every_location_denies_or_checks_the_method() -> None:

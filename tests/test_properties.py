@@ -35,7 +35,7 @@ from meshgen.policy import Policy, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Standalone, Tls
 from meshgen.targets import envoy, istio, nginx
-from meshgen.targets.nginx import SAFE_HEADER_VALUE_CHARS
+from meshgen.targets.nginx_flags import SAFE_HEADER_VALUE_CHARS
 from tests import istio_eval
 from tests.istio_eval import Workload, evaluate
 from tests.istio_validation import validate_istio_document, webhook_warnings
