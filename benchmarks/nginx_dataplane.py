@@ -15,12 +15,12 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from meshgen.policy import compile_policy
 from meshgen.spec import load_spec_text
 from meshgen.targets import nginx
+from tests.support.processes import free_port, listening, stop_process, wait_until_ready
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -72,21 +72,12 @@ rules:
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _generated_config(models: int, prefix: Path, listen: int, backend: int) -> str:
     policy = compile_policy(load_spec_text(_spec(models).encode(), f"<bench-{models}>"))
     text = nginx.generate(
         policy, full=True, daemon=False, prefix=str(prefix),
-        listen_overrides={"http": f"127.0.0.1:{listen}", "grpc": f"127.0.0.1:{_free_port()}",
-                          "metrics": f"127.0.0.1:{_free_port()}"},
+        listen_overrides={"http": f"127.0.0.1:{listen}", "grpc": f"127.0.0.1:{free_port()}",
+                          "metrics": f"127.0.0.1:{free_port()}"},
         upstream_overrides={"http": f"127.0.0.1:{backend}", "grpc": f"127.0.0.1:{backend}",
                             "metrics": f"127.0.0.1:{backend}"},
     )
@@ -106,23 +97,10 @@ class _Nginx:
             raise RuntimeError(check.stderr)
         self.process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(path)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import socket
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("nginx did not start") from None
-                time.sleep(0.02)
+        wait_until_ready(self.process, lambda: listening(port), 10, "nginx")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def _wrk(port: int, path: str, duration: float) -> tuple[float, float, float]:
@@ -160,7 +138,7 @@ def nginx_dataplane(sizes: list[int], duration: float) -> list[dict[str, object]
         prefix = Path(tempfile.mkdtemp(prefix="meshgen-bench-nginx-", dir="/tmp"))
         prefix.chmod(0o755)
         try:
-            listen, backend = _free_port(), _free_port()
+            listen, backend = free_port(), free_port()
             temps = {"prefix": prefix, "listen": listen, "backend": backend,
                      "backend_server": BACKEND.format(port=backend)}
             configs = {"plain": PLAIN.format(**temps), "generated": _generated_config(models, prefix, listen, backend)}

@@ -81,7 +81,7 @@ def startup_row(runs: int) -> Row:
 
 
 def validate_rows(directory: Path, models: int, clients: int) -> list[Row]:
-    from benchmarks.envoy_dataplane import envoy_binary
+    from tests.support.envoy_process import envoy_binary
 
     spec = write_spec(directory, models, clients, mtls=False)
     rows: list[Row] = []

@@ -28,6 +28,7 @@ __all__ = [
     "UnsupportedPolicyError",
     "Workload",
     "evaluate",
+    "evaluate_all",
     "normalize_path",
     "policy_applies",
     "rule_matches",
@@ -677,7 +678,11 @@ def rule_matches(rule: Mapping[str, Any], request: IstioRequest, policy_namespac
 
     ``policy_namespace`` is only needed for bare ``serviceAccounts`` values (``<sa>`` = policy namespace).
     """
-    body = _validate_rule(rule, "rule")
+    return _body_matches(_validate_rule(rule, "rule"), request, policy_namespace)
+
+
+def _body_matches(body: Mapping[str, Any], request: IstioRequest, policy_namespace: str | None) -> bool:
+    """``rule_matches`` on a rule already validated."""
     subject = _Subject(request, policy_namespace, normalize_path(request.path))
     return (
         _section_matches(body, "from", "source", _SOURCE_FIELDS, subject)
@@ -689,7 +694,7 @@ def rule_matches(rule: Mapping[str, Any], request: IstioRequest, policy_namespac
 def _policy_matches(policy: Policy, request: IstioRequest) -> bool:
     # No `rules` means "never match" (an ALLOW policy without rules is allow-nothing).
     namespace = _namespace(policy)
-    return any(rule_matches(rule, request, namespace) for rule in _rules(policy))
+    return any(_body_matches(rule, request, namespace) for rule in _rules(policy))
 
 
 def policy_applies(policy: Policy, workload: Workload, root_namespace: str = "istio-system") -> bool:
@@ -717,6 +722,16 @@ def evaluate(
 
     Every document is validated, applicable or not; CUSTOM policies that apply raise.
     """
+    return evaluate_all(policies, workload, [request], root_namespace)[0]
+
+
+def evaluate_all(
+    policies: Sequence[Mapping[str, Any]],
+    workload: Workload,
+    requests: Iterable[IstioRequest],
+    root_namespace: str = "istio-system",
+) -> list[bool]:
+    """``evaluate`` for many requests against the same policies, validating the policies once."""
     for policy in policies:
         validate_policy(policy)
     active = [p for p in policies if policy_applies(p, workload, root_namespace) and not _is_dry_run(p)]
@@ -725,6 +740,10 @@ def evaluate(
         by_action[_action(policy)].append(policy)
     if by_action["CUSTOM"]:
         raise UnsupportedPolicyError("CUSTOM (ext_authz) policies are not modelled by this evaluator")
+    return [_allowed(by_action, request) for request in requests]
+
+
+def _allowed(by_action: Mapping[str, list[Policy]], request: IstioRequest) -> bool:
     # AUDIT only marks requests for logging; it never changes the decision.
     if any(_policy_matches(policy, request) for policy in by_action["DENY"]):
         return False

@@ -15,14 +15,10 @@ from meshgen.spec import LoadedSpec
 from meshgen.spec.model import Standalone, Tls
 from meshgen.targets import envoy
 from meshgen.targets.envoy_rbac import HEADER_INPUT, HEADER_INPUT_TYPE, path_predicates
-from tests.support.envoy_process import free_port, validate
+from tests.support.envoy_process import validate
 from tests.support.goldens import golden_cases, load_case
 from tests.support.pki import TestCA
-
-# The triton-access spec sets `standalone` but no `tls`, while its clients use principals; its golden
-# bootstrap is generated with these (fixed, documented) TLS paths added, to show the mTLS listeners.
-GOLDEN_TLS = Tls(cert="/etc/envoy/tls/server.crt", key="/etc/envoy/tls/server.key",
-                 clientCA="/etc/envoy/tls/client-ca.crt")
+from tests.support.processes import free_port
 
 ANY_INPUT = {"name": HEADER_INPUT, "typed_config": {"@type": HEADER_INPUT_TYPE, "header_name": ":path"}}
 
@@ -52,13 +48,8 @@ def test_filters_golden(case: str, update_goldens: bool) -> None:
 def test_bootstrap_golden(case: str, update_goldens: bool) -> None:
     from tests.support.goldens import assert_golden
 
-    loaded = load_case(case)
-    policy = _policy(loaded)
-    if _needs_mtls(policy) and loaded.spec.standalone and loaded.spec.standalone.tls is None:
-        with pytest.raises(TargetError, match=r"standalone\.tls"):
-            envoy.generate(policy, bootstrap=True)
-        policy = _policy(_with_tls(loaded, GOLDEN_TLS))
-    assert_golden(case, "envoy-bootstrap.yaml", envoy.generate(policy, bootstrap=True), update_goldens)
+    assert_golden(case, "envoy-bootstrap.yaml", envoy.generate(_policy(load_case(case)), bootstrap=True),
+                  update_goldens)
 
 
 def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
@@ -138,8 +129,11 @@ def test_dry_run_uses_shadow_matcher_only() -> None:
 
 
 def test_bootstrap_needs_tls_for_principals() -> None:
+    loaded = load_case("triton-access")
+    assert loaded.spec.standalone is not None
+    without_tls = loaded.spec.model_copy(update={"standalone": loaded.spec.standalone.model_copy(update={"tls": None})})
     with pytest.raises(TargetError, match=r"standalone\.tls"):
-        envoy.generate(_policy(load_case("triton-access")), bootstrap=True)
+        envoy.generate(_policy(LoadedSpec(without_tls, loaded.source)), bootstrap=True)
 
 
 def test_bootstrap_needs_addresses() -> None:

@@ -27,10 +27,11 @@ from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Standalone, Tls
 from meshgen.targets import envoy
 from tests.support.backend import Backend, grpc_call_on
-from tests.support.envoy_process import EnvoyProcess, free_port
+from tests.support.envoy_process import EnvoyProcess
 from tests.support.goldens import golden_cases, load_case
 from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
 from tests.support.pki import CertFiles, TestCA
+from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
 
 pytestmark = pytest.mark.envoy

@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from meshgen.errors import SpecError, TargetError
-from meshgen.policy import compile_policy, decide
+from meshgen.policy import compile_policy
 from meshgen.spec import LoadedSpec, load_spec_text
 from meshgen.targets import envoy, istio, nginx
-from tests.istio_eval import IstioRequest, Workload, evaluate
 from tests.istio_validation import validate_istio_document
 from tests.support.envoy_process import validate as envoy_validate
+from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import full_matrix
-from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_text
 
 HOSTILE = [
     "a;b",
@@ -120,21 +120,7 @@ def istio_agrees(loaded: LoadedSpec) -> None:
     documents = list(yaml.safe_load_all(istio.generate(compile_policy(loaded))))
     for document in documents:
         assert validate_istio_document(document) == []
-    policies = [d for d in documents if d["kind"] == "AuthorizationPolicy"]
-    spec = loaded.spec
-    workload = Workload(spec.metadata.namespace, spec.workload.selector)
-    ports = {"http": spec.workload.ports.http, "grpc": spec.workload.ports.grpc, "metrics": spec.workload.ports.metrics}
-    for label, request in full_matrix(spec):
-        identity = request.identity
-        istio_request = IstioRequest(
-            ports[request.protocol],
-            request.method,
-            request.path,
-            identity.principal,
-            identity.source_ip,
-            dict(identity.headers),
-        )
-        assert evaluate(policies, workload, istio_request) == decide(spec, request).allowed, label
+    assert istio_mismatches(loaded.spec, documents, list(full_matrix(loaded.spec))) == []
 
 
 def envoy_valid(loaded: LoadedSpec) -> None:
@@ -167,10 +153,8 @@ def nginx_valid(loaded: LoadedSpec) -> None:
         return
     if NGINX is None:
         pytest.skip("nginx is not installed")
-    prefix = make_prefix()
-    config = prefix / "nginx.conf"
-    config.write_text(text)
-    result = nginx_test(config, prefix)
+    with nginx_prefix() as prefix:
+        result = nginx_test_text(text, prefix)
     assert result.returncode == 0, result.stderr
 
 

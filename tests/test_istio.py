@@ -15,9 +15,9 @@ from meshgen.errors import TargetError
 from meshgen.policy import Request, compile_policy, decide
 from meshgen.spec import load_spec_text
 from meshgen.targets import istio
-from tests.istio_eval import IstioRequest, Workload, evaluate
 from tests.istio_validation import validate_istio_document, webhook_warnings
 from tests.support.goldens import assert_golden, golden_cases, load_case
+from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import full_matrix
 
 CASES = golden_cases()
@@ -48,36 +48,15 @@ def test_output_is_deterministic(case: str) -> None:
     assert generate(case) == generate(case)
 
 
-def to_istio(request: Request, ports: dict[str, int]) -> IstioRequest:
-    identity = request.identity
-    return IstioRequest(
-        port=ports[request.protocol],
-        method=request.method,
-        path=request.path,
-        principal=identity.principal,
-        source_ip=identity.source_ip,
-        headers=dict(identity.headers),
-    )
-
-
 def test_istio_decisions_equal_the_reference(case: str) -> None:
     loaded = load_case(case)
     spec = loaded.spec
     policies: list[dict[str, Any]] = [
         doc for doc in yaml.safe_load_all(generate(case)) if doc["kind"] == "AuthorizationPolicy"
     ]
-    workload = Workload(spec.metadata.namespace, spec.workload.selector)
-    ports = {"http": spec.workload.ports.http, "grpc": spec.workload.ports.grpc, "metrics": spec.workload.ports.metrics}
-    mismatches = []
-    total = 0
-    for label, request in full_matrix(spec):
-        total += 1
-        expected = decide(spec, request).allowed
-        if evaluate(policies, workload, to_istio(request, ports)) != expected:
-            mismatches.append(
-                f"{label}: istio {'allows' if not expected else 'denies'}, decide() says "
-                f"{'allow' if expected else 'deny'}"
-            )
+    matrix = list(full_matrix(spec))
+    total = len(matrix)
+    mismatches = istio_mismatches(spec, policies, matrix)
     assert total > 300
     assert not mismatches, f"{len(mismatches)}/{total} mismatches:\n" + "\n".join(mismatches[:20])
 

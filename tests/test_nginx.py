@@ -16,7 +16,7 @@ from meshgen.spec import load_spec_text
 from meshgen.targets import nginx, nginx_flags
 from meshgen.targets.nginx_quote import nginx_arg, regex_literal
 from tests.support.goldens import GOLDEN_DIR, assert_golden, golden_cases, load_case
-from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_dropin, nginx_test_text
 
 # Cases whose spec has no standalone addresses get these in the golden (the drop-in needs upstreams).
 GOLDEN_LISTEN = {"http": "127.0.0.1:18080", "grpc": "127.0.0.1:18081", "metrics": "127.0.0.1:18082"}
@@ -69,36 +69,20 @@ def _full(case: str, prefix: str | None = None) -> str:
 @pytest.mark.nginx
 @pytest.mark.parametrize("case", EXPRESSIBLE)
 @pytest.mark.parametrize("absolute_prefix", [False, True])
-def test_full_config_passes_nginx_t(case: str, absolute_prefix: bool, tmp_path: Path) -> None:
-    prefix = make_prefix()
-    try:
-        config = tmp_path / "nginx.conf"
-        config.write_text(_full(case, str(prefix) if absolute_prefix else None), encoding="utf-8")
-        result = nginx_test(config, prefix)
-        assert result.returncode == 0, result.stderr
-        assert "warn" not in result.stderr, result.stderr
-    finally:
-        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+def test_full_config_passes_nginx_t(case: str, absolute_prefix: bool) -> None:
+    with nginx_prefix() as prefix:
+        result = nginx_test_text(_full(case, str(prefix) if absolute_prefix else None), prefix)
+    assert result.returncode == 0, result.stderr
+    assert "warn" not in result.stderr, result.stderr
 
 
 @needs_nginx
 @pytest.mark.nginx
 @pytest.mark.parametrize("case", EXPRESSIBLE)
-def test_dropin_passes_nginx_t_inside_http(case: str, tmp_path: Path) -> None:
-    """The drop-in as conf.d/*.conf would hold it: included from a minimal http{}."""
-    prefix = make_prefix()
-    try:
-        (prefix / "dropin.conf").write_text(_generate(case), encoding="utf-8")
-        config = tmp_path / "nginx.conf"
-        config.write_text(
-            "pid nginx.pid; error_log error.log; events {}\nhttp {\n"
-            "client_body_temp_path cb; proxy_temp_path px; fastcgi_temp_path fc; uwsgi_temp_path uw; "
-            "scgi_temp_path sc; access_log off;\n"
-            f"include {prefix}/dropin.conf;\n}}\n", encoding="utf-8")
-        result = nginx_test(config, prefix)
-        assert result.returncode == 0, result.stderr
-    finally:
-        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+def test_dropin_passes_nginx_t_inside_http(case: str) -> None:
+    with nginx_prefix() as prefix:
+        result = nginx_test_dropin(_generate(case), prefix)
+    assert result.returncode == 0, result.stderr
 
 
 def _directives(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,25 +180,15 @@ def test_dry_run_log_path_follows_prefix() -> None:
 @pytest.mark.nginx
 @pytest.mark.parametrize("case", EXPRESSIBLE)
 @pytest.mark.parametrize("full", [False, True])
-def test_dry_run_passes_nginx_t(case: str, full: bool, tmp_path: Path) -> None:
+def test_dry_run_passes_nginx_t(case: str, full: bool) -> None:
     """The full config, and the drop-in inside a minimal http{} (log_format and map valid there)."""
-    prefix = make_prefix()
-    try:
-        config = tmp_path / "nginx.conf"
+    with nginx_prefix() as prefix:
         if full:
-            config.write_text(_generate(case, dry_run=True, full=True, daemon=False), encoding="utf-8")
+            result = nginx_test_text(_generate(case, dry_run=True, full=True, daemon=False), prefix)
         else:
-            (prefix / "dropin.conf").write_text(_generate(case, dry_run=True, prefix=str(prefix)), encoding="utf-8")
-            config.write_text(
-                "pid nginx.pid; error_log error.log; events {}\nhttp {\n"
-                "client_body_temp_path cb; proxy_temp_path px; fastcgi_temp_path fc; uwsgi_temp_path uw; "
-                "scgi_temp_path sc; access_log off;\n"
-                f"include {prefix}/dropin.conf;\n}}\n", encoding="utf-8")
-        result = nginx_test(config, prefix)
-        assert result.returncode == 0, result.stderr
-        assert "warn" not in result.stderr, result.stderr
-    finally:
-        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+            result = nginx_test_dropin(_generate(case, dry_run=True, prefix=str(prefix)), prefix)
+    assert result.returncode == 0, result.stderr
+    assert "warn" not in result.stderr, result.stderr
 
 
 def _many_models_spec(count: int) -> str:
@@ -238,7 +212,7 @@ standalone:
 
 @needs_nginx
 @pytest.mark.nginx
-def test_5000_models_pass_nginx_t_without_hash_warnings(tmp_path: Path) -> None:
+def test_5000_models_pass_nginx_t_without_hash_warnings() -> None:
     """Model lists are hash maps: nginx -t passes, no "could not build optimal map_hash" warning, and
     the number of regex locations does not grow with the number of models."""
     counts = {}
@@ -246,15 +220,10 @@ def test_5000_models_pass_nginx_t_without_hash_warnings(tmp_path: Path) -> None:
         policy = compile_policy(load_spec_text(_many_models_spec(count).encode(), "<many>"))
         text = nginx.generate(policy, full=True, daemon=False)
         counts[count] = text.count("location ~")
-        prefix = make_prefix()
-        try:
-            config = tmp_path / f"nginx-{count}.conf"
-            config.write_text(text, encoding="utf-8")
-            result = nginx_test(config, prefix)
-            assert result.returncode == 0, result.stderr
-            assert "warn" not in result.stderr and "optimal" not in result.stderr, result.stderr
-        finally:
-            subprocess.run(["rm", "-rf", str(prefix)], check=False)
+        with nginx_prefix() as prefix:
+            result = nginx_test_text(text, prefix)
+        assert result.returncode == 0, result.stderr
+        assert "warn" not in result.stderr and "optimal" not in result.stderr, result.stderr
     assert counts[10] == counts[5000]
 
 

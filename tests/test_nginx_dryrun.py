@@ -22,7 +22,8 @@ from meshgen.targets import nginx
 from tests.support.backend import Backend, grpc_call_on
 from tests.support.goldens import golden_cases, load_case
 from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
-from tests.support.nginx_process import NGINX, NginxProcess, free_port
+from tests.support.nginx_process import NGINX, NginxProcess
+from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
 from tests.test_nginx_conformance import Proxy, http_status
 

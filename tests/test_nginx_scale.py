@@ -9,7 +9,7 @@ from benchmarks.specs import make_spec
 from meshgen.policy import compile_policy
 from meshgen.spec import load_spec_text
 from meshgen.targets import nginx
-from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_text
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -19,8 +19,6 @@ def test_large_configs_pass_nginx_t_without_warnings(models: int, clients: int) 
     loaded = load_spec_text(yaml.safe_dump(make_spec(models, clients, mtls=False)), "scale.yaml", {})
     text = nginx.generate(compile_policy(loaded), full=True, listen_overrides={}, upstream_overrides={},
                           prefix=None, daemon=False, dry_run=False)
-    prefix = make_prefix()
-    config = prefix / "nginx.conf"
-    config.write_text(text)
-    result = nginx_test(config, prefix)
+    with nginx_prefix() as prefix:
+        result = nginx_test_text(text, prefix)
     assert result.returncode == 0 and "[warn]" not in result.stderr, result.stderr

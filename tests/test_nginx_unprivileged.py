@@ -13,7 +13,8 @@ from meshgen.policy import compile_policy
 from meshgen.targets import nginx
 from tests.support.backend import Backend
 from tests.support.goldens import load_case
-from tests.support.nginx_process import NGINX, NginxProcess, free_port, make_prefix
+from tests.support.nginx_process import NGINX, NginxProcess, make_prefix
+from tests.support.processes import free_port
 
 UNPRIVILEGED = "nobody"
 

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 import yaml
@@ -36,11 +32,10 @@ from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Standalone, Tls
 from meshgen.targets import envoy, istio, nginx
 from meshgen.targets.nginx_flags import SAFE_HEADER_VALUE_CHARS
-from tests import istio_eval
-from tests.istio_eval import Workload, evaluate
 from tests.istio_validation import validate_istio_document, webhook_warnings
 from tests.support.envoy_process import validate as envoy_validate
 from tests.support.goldens import load_case
+from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import (
     EXTRA_GRPC,
     EXTRA_PATHS,
@@ -51,10 +46,9 @@ from tests.support.matrix import (
     UNLISTED_MODEL,
     identities,
 )
-from tests.support.nginx_process import NGINX, make_prefix, nginx_test
+from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test
 from tests.support.pki import TestCA
 from tests.support.spec_strategy import GeneratedSpec, proxy_specs, specs
-from tests.test_istio import to_istio
 
 # celpy (the CEL evaluator behind tests/istio_validation.py) raises the recursion limit on first use;
 # hypothesis warns that it cannot restore it. Harmless here.
@@ -163,34 +157,6 @@ def assert_refused_as_documented(error: TargetError, documented: list[str], spec
 # --- Istio ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def validated_once() -> Iterator[None]:
-    """The evaluator re-validates every policy on every request (it is built for one-off calls); once a
-    spec's policies passed validation, skip that so a spec's whole matrix costs milliseconds."""
-    with mock.patch.object(istio_eval, "validate_policy", lambda policy: None), \
-            mock.patch.object(istio_eval, "_validate_rule", lambda rule, where: rule):
-        yield
-
-
-def istio_mismatches(spec: Spec, documents: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    policies = [doc for doc in documents if doc["kind"] == "AuthorizationPolicy"]
-    workload = Workload(spec.metadata.namespace, spec.workload.selector)
-    ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
-    matrix = property_matrix(spec)
-    mismatches: list[str] = []
-    for position, (label, request) in enumerate(matrix):
-        expected = decide(spec, request).allowed
-        if position == 0:
-            observed = evaluate(policies, workload, to_istio(request, ports))  # validates every policy
-        else:
-            with validated_once():
-                observed = evaluate(policies, workload, to_istio(request, ports))
-        if observed != expected:
-            mismatches.append(f"{label}: istio {'allows' if observed else 'denies'}, decide() "
-                              f"{'allows' if expected else 'denies'}")
-    return len(matrix), mismatches
-
-
 ISTIO_RUNS: list[int] = []
 
 
@@ -210,7 +176,8 @@ def test_istio_output_is_valid_and_agrees_with_decide(generated: GeneratedSpec) 
     for document in documents:
         assert validate_istio_document(document) == [], document
         assert webhook_warnings(document) == [], document
-    total, mismatches = istio_mismatches(loaded.spec, documents)
+    matrix = property_matrix(loaded.spec)
+    total, mismatches = len(matrix), istio_mismatches(loaded.spec, documents, matrix)
     assert not mismatches, f"{len(mismatches)}/{total} mismatches:\n" + "\n".join(mismatches[:20])
 
 
@@ -285,11 +252,8 @@ def test_envoy_bootstraps_pass_envoy_validate(tmp_path_factory: pytest.TempPathF
 
 
 def nginx_t_failure(config: Path) -> str | None:
-    prefix = make_prefix()
-    try:
+    with nginx_prefix() as prefix:
         result = nginx_test(config, prefix)
-    finally:
-        shutil.rmtree(prefix, ignore_errors=True)
     if result.returncode != 0 or "warn" in result.stderr:
         return f"{config.name}: exit {result.returncode}\n{result.stderr[-2000:]}"
     return None

@@ -35,9 +35,10 @@ from tests.e2e.exercise import SPECS_DIR, Outcome, ProxyPorts, run_pass, to_requ
 from tests.e2e.triton_server import TritonServer
 from tests.e2e.wire import WireRequest
 from tests.istio_eval import IstioRequest, Workload, evaluate
-from tests.support.envoy_process import EnvoyProcess, free_port
+from tests.support.envoy_process import EnvoyProcess
 from tests.support.matrix import loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

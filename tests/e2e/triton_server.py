@@ -11,19 +11,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.envoy_process import free_port
+from tests.support.processes import free_port, http_ok, stop_process, wait_until_ready
 
 EXIT_TIMEOUT = 5  # seconds Triton waits for open connections and in-flight requests after SIGTERM
 STOP_TIMEOUT = 30.0  # then it unloads its models (Python stubs) and exits
@@ -117,20 +114,8 @@ class TritonServer:
     def _wait_ready(self) -> None:
         # /v2/health/ready turns 200 once every --load-model has loaded. A restricted "health" API
         # would answer 403 here; nothing in these tests restricts health without also passing headers.
-        deadline = time.monotonic() + READY_TIMEOUT
         url = f"http://127.0.0.1:{self.ports.http}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self._process.returncode}:\n{self.console()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"tritonserver not ready after {READY_TIMEOUT}s:\n{self.console()}")
+        wait_until_ready(self._process, lambda: http_ok(url), READY_TIMEOUT, "tritonserver", self.console)
 
     def console(self) -> str:
         text = self.console_path.read_text(encoding="utf-8", errors="replace") if self.console_path.exists() else ""
@@ -146,13 +131,7 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGTERM (Triton unloads its models and exits); SIGKILL our own process only if it hangs."""
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        stop_process(self._process, timeout=STOP_TIMEOUT)
 
     def __enter__(self) -> TritonServer:
         return self

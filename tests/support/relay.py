@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
+Observer = Callable[[bytes], None]
+
 
 class SourceRelay:
     """Listens on 127.0.0.1:<free port> (``.port``); each connection is relayed to the target from ``source_ip``."""
@@ -41,8 +43,13 @@ class SourceRelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+            to_upstream, to_client = self._observers()
+            threading.Thread(target=pipe, args=(client, upstream, to_upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client, to_client), daemon=True).start()
+
+    def _observers(self) -> tuple[Observer | None, Observer | None]:
+        """What sees the bytes of one new connection: (client -> target, target -> client)."""
+        return None, None
 
     def close(self) -> None:
         self._closed.set()
@@ -61,7 +68,7 @@ class SourceRelay:
         self.close()
 
 
-def pipe(source: socket.socket, sink: socket.socket, observe: Callable[[bytes], None] | None = None) -> None:
+def pipe(source: socket.socket, sink: socket.socket, observe: Observer | None = None) -> None:
     """Copy bytes until EOF; ``observe`` sees each chunk before it is forwarded."""
     try:
         while data := source.recv(65536):
