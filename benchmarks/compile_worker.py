@@ -1,6 +1,7 @@
 """One compile measurement in a fresh process: ``python compile_worker.py SPEC TARGET`` prints JSON.
 
-TARGET: istio | envoy | envoy-bootstrap | nginx. Time covers load + compile + generate, as the CLI does.
+TARGET: an output of ``meshgen all`` without its extension (istio, envoy-rbac, envoy-bootstrap, nginx).
+Time covers load + compile + generate, as the CLI does.
 """
 
 from __future__ import annotations
@@ -14,29 +15,24 @@ from pathlib import Path
 
 
 def main() -> None:
-    spec_path, target = Path(sys.argv[1]), sys.argv[2]
+    spec_path, target_name = Path(sys.argv[1]), sys.argv[2]
     gc.disable()  # as meshgen.cli.main does: the time is the CLI's
     start = time.perf_counter()
     from meshgen.errors import TargetError
     from meshgen.policy import compile_policy
     from meshgen.spec import load_spec
-    from meshgen.targets import envoy, istio, nginx
+    from meshgen.targets.registry import TARGETS
 
+    # TARGET is an output of `meshgen all` without its extension: istio, envoy-rbac, envoy-bootstrap, nginx.
+    outputs = {output.name.rsplit(".", 1)[0]: (target, output) for target in TARGETS for output in target.outputs}
+    if target_name not in outputs:
+        raise SystemExit(f"unknown target output {target_name}; one of {', '.join(outputs)}")
+    target, output = outputs[target_name]
     policy = compile_policy(load_spec(str(spec_path)))
     text = ""
     error = None
     try:
-        if target == "istio":
-            text = istio.generate(policy)
-        elif target == "envoy":
-            text = envoy.generate(policy)
-        elif target == "envoy-bootstrap":
-            text = envoy.generate(policy, bootstrap=True)
-        elif target == "nginx":
-            text = nginx.generate(policy, full=False, listen_overrides={}, upstream_overrides={}, prefix=None,
-                                  daemon=True, dry_run=False)
-        else:
-            raise SystemExit(f"unknown target {target}")
+        text = target.generate(policy, output.options).text
     except TargetError as exc:
         error = exc.message
     seconds = time.perf_counter() - start

@@ -28,10 +28,10 @@ def bench_config(spec: Path, *, rbac: bool, port: int, admin: int) -> dict[str, 
     from meshgen.policy import compile_policy
     from meshgen.render import load_yaml
     from meshgen.spec import load_spec
-    from meshgen.targets import envoy
+    from tests.support.targets import envoy_output
 
-    text = envoy.generate(compile_policy(load_spec(str(spec))), bootstrap=True,
-                          listen_overrides={"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{free_port()}",
+    text = envoy_output(compile_policy(load_spec(str(spec))), bootstrap=True,
+                          listen={"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{free_port()}",
                                             "metrics": f"127.0.0.1:{free_port()}"},
                           admin=f"127.0.0.1:{admin}")
     config: dict[str, Any] = load_yaml(text)

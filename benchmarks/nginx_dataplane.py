@@ -19,8 +19,8 @@ from pathlib import Path
 
 from meshgen.policy import compile_policy
 from meshgen.spec import load_spec_text
-from meshgen.targets import nginx
 from tests.support.processes import free_port, listening, stop_process, wait_until_ready
+from tests.support.targets import nginx_output
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -74,11 +74,11 @@ rules:
 
 def _generated_config(models: int, prefix: Path, listen: int, backend: int) -> str:
     policy = compile_policy(load_spec_text(_spec(models).encode(), f"<bench-{models}>"))
-    text = nginx.generate(
+    text = nginx_output(
         policy, full=True, daemon=False, prefix=str(prefix),
-        listen_overrides={"http": f"127.0.0.1:{listen}", "grpc": f"127.0.0.1:{free_port()}",
+        listen={"http": f"127.0.0.1:{listen}", "grpc": f"127.0.0.1:{free_port()}",
                           "metrics": f"127.0.0.1:{free_port()}"},
-        upstream_overrides={"http": f"127.0.0.1:{backend}", "grpc": f"127.0.0.1:{backend}",
+        upstream={"http": f"127.0.0.1:{backend}", "grpc": f"127.0.0.1:{backend}",
                             "metrics": f"127.0.0.1:{backend}"},
     )
     # Same process hosts the trivial backend; no access log on the measured path either (as the baseline).

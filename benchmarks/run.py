@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.specs import write_spec  # noqa: E402
 
-TARGETS = ("istio", "envoy", "envoy-bootstrap", "nginx")
+TARGETS = ("istio", "envoy-rbac", "envoy-bootstrap", "nginx")
 Row = dict[str, object]
 
 

@@ -1,17 +1,30 @@
-"""Command line: ``meshgen <target> SPEC``. Heavy imports wait until a command runs."""
+"""Command line: ``meshgen <target> SPEC``, one command per registered target, plus the everyday commands.
+
+Target commands are built from the registry (meshgen/targets/registry.py): each target's options
+dataclass declares its flags, so a new target or option needs no change here. Heavy imports
+(pydantic, Jinja2, PyYAML) wait until a command runs.
+"""
 
 from __future__ import annotations
 
 import gc
+import inspect
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Optional
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from meshgen import __version__
+from meshgen.address import PORT_NAMES, Address, PortAddresses, parse_address
+from meshgen.errors import MeshgenError
+from meshgen.targets.contract import CliOption, PortAddressFlags, Target, ValueKind, cli_options
+from meshgen.targets.registry import TARGETS
 
 if TYPE_CHECKING:
+    from meshgen.errors import CompileWarning
     from meshgen.policy import Policy
     from meshgen.spec import LoadedSpec
 
@@ -48,37 +61,153 @@ def _main(
     """meshgen: a zero-trust front door for NVIDIA Triton Inference Server."""
 
 
-def run(spec_path: str, output: str | None, generate: Callable[[Policy], str]) -> None:
-    """Load, compile, generate and write; every user error becomes one line on stderr and exit 2."""
-    from meshgen.errors import MeshgenError
-    from meshgen.output import write_output
-    from meshgen.policy import compile_policy
-    from meshgen.spec import load_spec
-
+@contextmanager
+def diagnostics(writing: str | None = None) -> Iterator[None]:
+    """Every user error becomes one ``file:line:col: error: ...`` line on stderr and exit 2."""
     try:
-        policy = compile_policy(load_spec(spec_path))
-        for warning in policy.warnings:
-            typer.echo(str(warning), err=True)
-        text = generate(policy)
-        write_output(text, output)
+        yield
     except MeshgenError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as error:
-        typer.echo(f"error: cannot write {output}: {error.strerror}", err=True)
+        typer.echo(f"error: cannot write {writing or error.filename}: {error.strerror}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
 
 
-@app.command()
-def istio(
-    spec: SpecArg,
-    output: OutputOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Annotate policies istio.io/dry-run.")] = False,
-) -> None:
-    """Istio AuthorizationPolicy (DENY + ALLOW) and PeerAuthentication."""
-    from meshgen.targets import istio as target
+def _warn(warnings: Iterable[CompileWarning]) -> None:
+    for warning in warnings:
+        typer.echo(str(warning), err=True)
 
-    run(spec, output, lambda policy: target.generate(policy, dry_run=dry_run))
+
+def load(spec_path: str) -> LoadedSpec:
+    from meshgen.spec import load_spec
+
+    return load_spec(spec_path)
+
+
+def compiled(spec_path: str) -> Policy:
+    from meshgen.policy import compile_policy
+
+    return compile_policy(load(spec_path))
+
+
+# --- one command per target, from its declaration ----------------------------------------------------
+
+
+def _address(flag: str, value: str | None) -> Address | None:
+    if value is None:
+        return None
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise MeshgenError(f"{flag}: {error}") from None
+
+
+@dataclass(frozen=True)
+class _OptionField:
+    """One field of a target's options dataclass: its command-line parameters and how to build it."""
+
+    name: str
+    parameters: tuple[inspect.Parameter, ...]
+    build: Callable[[Mapping[str, Any]], Any]
+
+
+def _option_field(name: str, option: CliOption) -> _OptionField:
+    if isinstance(option, PortAddressFlags):
+        # One flag per Triton port: --listen-http, --listen-grpc, ...
+        flags = [(f"{option.prefix}_{port}", f"--{option.prefix}-{port}", port) for port in PORT_NAMES]
+        parameters = tuple(_parameter(key, str | None, None, flag, option.help.format(port=port), "ADDR")
+                           for key, flag, port in flags)
+        return _OptionField(name, parameters, lambda values: PortAddresses(
+            *(_address(flag, values[key]) for key, flag, _ in flags)))
+    match option.kind:
+        case ValueKind.SWITCH:
+            return _OptionField(name, (_parameter(name, bool, False, option.name, option.help),),
+                                lambda values: values[name])
+        case ValueKind.ADDRESS:
+            return _OptionField(name, (_parameter(name, str | None, None, option.name, option.help, "ADDR"),),
+                                lambda values: _address(option.name, values[name]))
+        case ValueKind.DIRECTORY:
+            return _OptionField(name, (_parameter(name, str | None, None, option.name, option.help, "DIR"),),
+                                lambda values: values[name])
+
+
+def _parameter(name: str, annotation: Any, default: Any, flag: str, help: str, metavar: str | None = None,
+               ) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(default, flag, help=help, metavar=metavar))
+
+
+def _register(target: Target[Any]) -> None:
+    fields = [_option_field(name, option) for name, option in cli_options(target.options_type)]
+
+    def command(spec: str, output: str | None, **values: Any) -> None:
+        from meshgen.output import write_output
+
+        with diagnostics(output):
+            options = target.options_type(**{field.name: field.build(values) for field in fields})
+            policy = compiled(spec)
+            _warn(policy.warnings)
+            generated = target.generate(policy, options)
+            _warn([item.warning() for item in generated.withheld])
+            write_output(generated.text, output)
+
+    spec_parameter = inspect.Parameter("spec", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=SpecArg)
+    output_parameter = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=OutputOpt,
+                                         default=None)
+    # Typer reads the command's parameters from its signature.
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [spec_parameter, output_parameter, *(p for field in fields for p in field.parameters)])
+    command.__annotations__ = {}
+    app.command(name=target.name, help=target.summary)(command)
+
+
+for _target in TARGETS:
+    _register(_target)
+
+
+# --- everyday commands --------------------------------------------------------------------------------
+
+
+@app.command(name="all")
+def all_outputs(
+    spec: SpecArg,
+    output: Annotated[str, typer.Option("--output", "-o", metavar="DIR", help="Directory of the outputs.")],
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 with a diff if DIR is not current.")
+    ] = False,
+) -> None:
+    """Every output of every target, plus a kustomization.yaml; --check is the CI drift gate."""
+    from pathlib import Path
+
+    from meshgen.bundle import build_bundle, drift, output_names
+    from meshgen.output import write_atomic
+
+    directory = Path(output)
+    with diagnostics():
+        policy = compiled(spec)
+        bundle = build_bundle(policy)
+    _warn(policy.warnings)
+    _warn(bundle.warnings)
+    for name, reason in bundle.skipped.items():
+        typer.echo(f"note: {name} not generated: {reason.message}", err=True)
+    if check_only:
+        diffs = drift(bundle, directory)
+        for diff in diffs:
+            typer.echo(diff, nl=False)
+        if diffs:
+            typer.echo(
+                f"{len(diffs)} file(s) in {directory} are not current; run: meshgen all {spec} -o {output}", err=True
+            )
+            raise typer.Exit(1)
+        return
+    with diagnostics(str(directory)):
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in bundle.files.items():
+            write_atomic(directory / name, text)
+        for name in output_names():
+            if name not in bundle.files and (directory / name).is_file():
+                (directory / name).unlink()
 
 
 @app.command()
@@ -87,30 +216,14 @@ def lint(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there is any finding.")] = False,
 ) -> None:
     """Warn about risky but legal choices (stable codes, see docs/lint.md)."""
-    from meshgen.errors import MeshgenError
     from meshgen.lint import lint as find
-    from meshgen.spec import load_spec
 
-    try:
-        findings = find(load_spec(spec))
-    except MeshgenError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+    with diagnostics():
+        findings = find(load(spec))
     for finding in findings:
         typer.echo(str(finding), err=True)
     if findings and strict:
         raise typer.Exit(1)
-
-
-def _load(spec: str) -> LoadedSpec:
-    from meshgen.errors import MeshgenError
-    from meshgen.spec import load_spec
-
-    try:
-        return load_spec(spec)
-    except MeshgenError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 @app.command()
@@ -123,15 +236,10 @@ def check(
     port: Annotated[Optional[str], typer.Option(help="http or metrics (default: by path).")] = None,  # noqa: UP045
 ) -> None:
     """What-if: ALLOW/DENY for one request and the rule that decides (exit 0 allow, 1 deny)."""
-    from meshgen.errors import MeshgenError
     from meshgen.whatif import what_if
 
-    loaded = _load(spec)
-    try:
-        result = what_if(loaded, from_, http, grpc, header, port)
-    except MeshgenError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+    with diagnostics():
+        result = what_if(load(spec), from_, http, grpc, header, port)
     typer.echo(result.text())
     raise typer.Exit(0 if result.decision.allowed else 1)
 
@@ -147,7 +255,9 @@ def explain(
     if format not in ("table", "markdown", "json"):
         typer.echo("error: --format must be table, markdown or json", err=True)
         raise typer.Exit(EXIT_ERROR)
-    typer.echo(render_explanation(_load(spec), format), nl=False)  # type: ignore[arg-type]
+    with diagnostics():
+        loaded = load(spec)
+    typer.echo(render_explanation(loaded, format), nl=False)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -161,131 +271,6 @@ def schema() -> None:
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "meshgen TritonAccessPolicy (meshgen/v1)"
     typer.echo(json.dumps(document, indent=2, sort_keys=True))
-
-
-@app.command(name="all")
-def all_outputs(
-    spec: SpecArg,
-    output: Annotated[str, typer.Option("--output", "-o", metavar="DIR", help="Directory of the outputs.")],
-    check_only: Annotated[
-        bool, typer.Option("--check", help="Write nothing; exit 1 with a diff if DIR is not current.")
-    ] = False,
-) -> None:
-    """Every output the spec can express, plus a kustomization.yaml; --check is the CI drift gate."""
-    from pathlib import Path
-
-    from meshgen.bundle import OUTPUT_NAMES, build_bundle, drift
-    from meshgen.errors import MeshgenError
-    from meshgen.output import write_atomic
-    from meshgen.policy import compile_policy
-
-    directory = Path(output)
-    try:
-        bundle = build_bundle(compile_policy(_load(spec)))
-    except MeshgenError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(EXIT_ERROR) from None
-    for name, reason in bundle.skipped.items():
-        typer.echo(f"note: {name} not generated: {reason}", err=True)
-    if check_only:
-        diffs = drift(bundle, directory)
-        for diff in diffs:
-            typer.echo(diff, nl=False)
-        if diffs:
-            typer.echo(
-                f"{len(diffs)} file(s) in {directory} are not current; run: meshgen all {spec} -o {output}", err=True
-            )
-            raise typer.Exit(1)
-        return
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, text in bundle.files.items():
-            write_atomic(directory / name, text)
-        for name in OUTPUT_NAMES:
-            if name not in bundle.files and (directory / name).is_file():
-                (directory / name).unlink()
-    except OSError as error:
-        typer.echo(f"error: cannot write {directory}: {error.strerror}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-@app.command()
-def triton(spec: SpecArg, output: OutputOpt = None) -> None:
-    """Triton launch flags (restricted APIs, disabled endpoints, model control) that follow from the spec."""
-    from meshgen.targets import triton as target
-
-    run(spec, output, target.generate)
-
-
-AddressOpt = Annotated[Optional[str], typer.Option(metavar="ADDR")]  # noqa: UP045
-
-
-def _overrides(http: str | None, grpc: str | None, metrics: str | None) -> dict[str, str | None]:
-    return {"http": http, "grpc": grpc, "metrics": metrics}
-
-
-@app.command()
-def envoy(
-    spec: SpecArg,
-    output: OutputOpt = None,
-    bootstrap: Annotated[bool, typer.Option("--bootstrap", help="A complete, runnable Envoy bootstrap.")] = False,
-    listen_http: AddressOpt = None,
-    listen_grpc: AddressOpt = None,
-    listen_metrics: AddressOpt = None,
-    upstream_http: AddressOpt = None,
-    upstream_grpc: AddressOpt = None,
-    upstream_metrics: AddressOpt = None,
-    admin: Annotated[Optional[str], typer.Option(metavar="ADDR", help="Add an admin listener here.")] = None,  # noqa: UP045
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Shadow rules only: record, never deny.")] = False,
-) -> None:
-    """Envoy RBAC HTTP filters (DENY then ALLOW), or a runnable bootstrap with --bootstrap."""
-    from meshgen.targets import envoy as target
-
-    run(
-        spec,
-        output,
-        lambda policy: target.generate(
-            policy,
-            bootstrap=bootstrap,
-            listen_overrides=_overrides(listen_http, listen_grpc, listen_metrics),
-            upstream_overrides=_overrides(upstream_http, upstream_grpc, upstream_metrics),
-            admin=admin,
-            dry_run=dry_run,
-        ),
-    )
-
-
-@app.command()
-def nginx(
-    spec: SpecArg,
-    output: OutputOpt = None,
-    full: Annotated[bool, typer.Option("--full", help="A complete nginx.conf that runs as is.")] = False,
-    listen_http: AddressOpt = None,
-    listen_grpc: AddressOpt = None,
-    listen_metrics: AddressOpt = None,
-    upstream_http: AddressOpt = None,
-    upstream_grpc: AddressOpt = None,
-    upstream_metrics: AddressOpt = None,
-    prefix: Annotated[Optional[str], typer.Option(metavar="DIR", help="pid/log/temp paths under DIR.")] = None,  # noqa: UP045
-    no_daemon: Annotated[bool, typer.Option("--no-daemon", help="Emit 'daemon off;' (foreground).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Log decisions, deny nothing.")] = False,
-) -> None:
-    """NGINX http{} drop-in (geo/map, upstreams, one server per Triton port), or a full nginx.conf."""
-    from meshgen.targets import nginx as target
-
-    run(
-        spec,
-        output,
-        lambda policy: target.generate(
-            policy,
-            full=full,
-            listen_overrides=_overrides(listen_http, listen_grpc, listen_metrics),
-            upstream_overrides=_overrides(upstream_http, upstream_grpc, upstream_metrics),
-            prefix=prefix,
-            daemon=not no_daemon,
-            dry_run=dry_run,
-        ),
-    )
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshgen.errors import SourceLocation
-from meshgen.policy.compile import rule_grants
+from meshgen.policy.compile import client_identity, rule_grants
 from meshgen.spec import Client, LoadedSpec, Rule
 
 ADMIN_CATEGORIES = ("model-repository", "shared-memory", "logging", "trace")
@@ -75,17 +75,17 @@ def _admin_to_address_only(loaded: LoadedSpec) -> Iterator[Finding]:
                 )
 
 
+MG103 = ("client {client!r} header {header!r} is a literal secret in the spec; "
+         "use {{env: VARIABLE}} and keep the value out of version control")
+
+
 def _literal_secrets(loaded: LoadedSpec) -> Iterator[Finding]:
-    raw_clients = loaded.source.data.get("clients") or {}
-    for name, raw in raw_clients.items():
-        for header, value in ((raw or {}).get("headers") or {}).items():
-            if isinstance(value, str):
-                yield Finding(
-                    "MG103",
-                    f"client {name!r} header {header!r} is a literal secret in the spec; "
-                    "use {env: VARIABLE} and keep the value out of version control",
-                    loaded.location("clients", name, "headers", header),
-                )
+    for name, client in loaded.spec.clients.items():
+        resolved = client_identity(loaded, name, client).headers
+        literal = [written for written, header in zip(client.headers or {}, resolved, strict=True)
+                   if header.value.env is None]
+        yield from (Finding("MG103", MG103.format(client=name, header=header),
+                            loaded.location("clients", name, "headers", header)) for header in literal)
 
 
 def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:
@@ -130,7 +130,7 @@ def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:
         for category in rule.categories
     }
     for index, rule in _allow_rules(loaded):
-        http, grpc, _ = rule_grants(rule)
+        http, grpc = rule_grants(rule)
         live = [c for c in rule.categories if c not in denied_for_all]
         if not (http or grpc) or not live:
             yield Finding(

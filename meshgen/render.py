@@ -157,6 +157,23 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     return text.strip()[1:-1]
 
 
+def yaml_document(document: dict[str, Any]) -> str:
+    """A whole block-style YAML document, each top-level value written by ``to_yaml``."""
+    lines = []
+    for key, value in document.items():
+        text = to_yaml(value, 0)
+        lines.append(f"{key}:{text}\n" if text.startswith("\n") else f"{key}: {text}\n")
+    return "".join(lines)
+
+
+def comment(value: object) -> str:
+    """Text for a ``#`` comment: one line of printable characters (a newline would end the comment)."""
+    text = str(value)
+    if not text.isprintable():
+        raise AssertionError(f"generated comment text {text!r} is not one printable line")
+    return text
+
+
 @cache
 def environment(target: str) -> jinja2.Environment:
     folder = resources.files("meshgen.templates").joinpath(target)
@@ -170,6 +187,7 @@ def environment(target: str) -> jinja2.Environment:
     )
     env.filters["yaml"] = to_yaml
     env.filters["shell_quote"] = shlex.quote
+    env.filters["comment"] = comment
     return env
 
 

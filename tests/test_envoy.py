@@ -1,4 +1,4 @@
-"""Envoy target: goldens, structure of the RBAC filters, errors, and `envoy --mode validate`."""
+"""Envoy target: structure of the RBAC filters, errors, and `envoy --mode validate` (goldens: test_targets.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import yaml
 
 from meshgen.errors import TargetError
 from meshgen.policy import Policy, compile_policy
-from meshgen.spec import LoadedSpec
+from meshgen.spec import LoadedSpec, load_spec_text
 from meshgen.spec.model import Standalone, Tls
-from meshgen.targets import envoy
-from meshgen.targets.envoy_rbac import HEADER_INPUT, HEADER_INPUT_TYPE, path_predicates
+from meshgen.targets.envoy.rbac import HEADER_INPUT, HEADER_INPUT_TYPE, path_predicates
 from tests.support.envoy_process import validate
 from tests.support.goldens import golden_cases, load_case
 from tests.support.pki import TestCA
 from tests.support.processes import free_port
+from tests.support.targets import envoy_output
 
 ANY_INPUT = {"name": HEADER_INPUT, "typed_config": {"@type": HEADER_INPUT_TYPE, "header_name": ":path"}}
 
@@ -37,23 +37,8 @@ def _needs_mtls(policy: Policy) -> bool:
     return any(client.needs_mtls for rule in policy.rules for client in rule.clients or ())
 
 
-@pytest.mark.parametrize("case", golden_cases())
-def test_filters_golden(case: str, update_goldens: bool) -> None:
-    from tests.support.goldens import assert_golden
-
-    assert_golden(case, "envoy.yaml", envoy.generate(_policy(load_case(case))), update_goldens)
-
-
-@pytest.mark.parametrize("case", [c for c in golden_cases() if load_case(c).spec.standalone is not None])
-def test_bootstrap_golden(case: str, update_goldens: bool) -> None:
-    from tests.support.goldens import assert_golden
-
-    assert_golden(case, "envoy-bootstrap.yaml", envoy.generate(_policy(load_case(case)), bootstrap=True),
-                  update_goldens)
-
-
 def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
-    loaded: list[dict[str, Any]] = yaml.safe_load(envoy.generate(policy, **kwargs))
+    loaded: list[dict[str, Any]] = yaml.safe_load(envoy_output(policy, **kwargs))
     return loaded
 
 
@@ -101,12 +86,12 @@ def test_policy_names_and_identity_matchers() -> None:
 
 def test_destination_port_only_in_filter_output() -> None:
     policy = _policy(load_case("headers-and-ips"))
-    assert "envoy.matching.inputs.destination_port" in envoy.generate(policy)
-    assert "destination_port" not in envoy.generate(policy, bootstrap=True)
+    assert "envoy.matching.inputs.destination_port" in envoy_output(policy)
+    assert "destination_port" not in envoy_output(policy, bootstrap=True)
 
 
 def test_excluded_stats_path_uses_not_matcher() -> None:
-    text = envoy.generate(_policy(load_case("every-category")))
+    text = envoy_output(_policy(load_case("every-category")))
     assert "not_matcher" in text and "exact: /v2/models/stats" in text
 
 
@@ -133,21 +118,32 @@ def test_bootstrap_needs_tls_for_principals() -> None:
     assert loaded.spec.standalone is not None
     without_tls = loaded.spec.model_copy(update={"standalone": loaded.spec.standalone.model_copy(update={"tls": None})})
     with pytest.raises(TargetError, match=r"standalone\.tls"):
-        envoy.generate(_policy(LoadedSpec(without_tls, loaded.source)), bootstrap=True)
+        envoy_output(_policy(LoadedSpec(without_tls, loaded.source)), bootstrap=True)
+
+
+NO_STANDALONE = """apiVersion: meshgen/v1
+kind: TritonAccessPolicy
+metadata: {name: t, namespace: n}
+workload: {selector: {app: t}}
+"""
 
 
 def test_bootstrap_needs_addresses() -> None:
     with pytest.raises(TargetError, match="--listen-http"):
-        envoy.generate(_policy(load_case("default-deny")), bootstrap=True)
+        envoy_output(_policy(load_spec_text(NO_STANDALONE, "s.yaml", {})), bootstrap=True)
+    ports = {"http": "127.0.0.1:1", "grpc": "127.0.0.1:2", "metrics": "127.0.0.1:3"}
+    with pytest.raises(TargetError, match=r"no upstream address for the grpc port.*--upstream-grpc"):
+        envoy_output(_policy(load_spec_text(NO_STANDALONE, "s.yaml", {})), bootstrap=True, listen=ports,
+                     upstream={"http": "127.0.0.1:4"})
 
 
 def test_admin_only_when_asked() -> None:
     policy = _policy(load_case("headers-and-ips"))
-    assert "admin" not in yaml.safe_load(envoy.generate(policy, bootstrap=True))
-    with_admin = yaml.safe_load(envoy.generate(policy, bootstrap=True, admin="127.0.0.1:9901"))
+    assert "admin" not in yaml.safe_load(envoy_output(policy, bootstrap=True))
+    with_admin = yaml.safe_load(envoy_output(policy, bootstrap=True, admin="127.0.0.1:9901"))
     assert with_admin["admin"] == {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}}
-    with pytest.raises(TargetError):
-        envoy.generate(policy, bootstrap=True, admin="nonsense")
+    with pytest.raises(ValueError, match="host:port"):
+        envoy_output(policy, bootstrap=True, admin="nonsense")
 
 
 def test_path_predicates_read_the_raw_path_with_its_query() -> None:
@@ -168,7 +164,7 @@ def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool 
         policy = _policy(_with_tls(loaded, Tls(cert=str(server.cert), key=str(server.key),
                                                clientCA=str(ca.ca.cert))))
     addresses = {port: f"127.0.0.1:{free_port()}" for port in ("http", "grpc", "metrics")}
-    text = envoy.generate(policy, bootstrap=True, listen_overrides=addresses, upstream_overrides=addresses,
+    text = envoy_output(policy, bootstrap=True, listen=addresses, upstream=addresses,
                           admin=f"127.0.0.1:{free_port()}", dry_run=dry_run)
     path = directory / f"{case}{'-dry-run' if dry_run else ''}.yaml"
     path.write_text(text, encoding="utf-8")

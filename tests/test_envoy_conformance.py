@@ -25,7 +25,6 @@ import pytest
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Standalone, Tls
-from meshgen.targets import envoy
 from tests.support.backend import Backend, grpc_call_on
 from tests.support.envoy_process import EnvoyProcess
 from tests.support.goldens import golden_cases, load_case
@@ -33,6 +32,7 @@ from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_var
 from tests.support.pki import CertFiles, TestCA
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
+from tests.support.targets import envoy_output
 
 pytestmark = pytest.mark.envoy
 
@@ -81,10 +81,10 @@ def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) ->
         listen = {port: free_port() for port in PORTS}
         upstream = {"http": backend.http_port, "grpc": backend.grpc_port, "metrics": backend.http_port}
         admin_port = free_port()
-        text = envoy.generate(
+        text = envoy_output(
             compile_policy(LoadedSpec(spec, loaded.source)), bootstrap=True,
-            listen_overrides={p: f"127.0.0.1:{listen[p]}" for p in PORTS},
-            upstream_overrides={p: f"127.0.0.1:{upstream[p]}" for p in PORTS},
+            listen={p: f"127.0.0.1:{listen[p]}" for p in PORTS},
+            upstream={p: f"127.0.0.1:{upstream[p]}" for p in PORTS},
             admin=f"127.0.0.1:{admin_port}", dry_run=dry_run,
         )
         config = directory / "envoy.yaml"

@@ -19,12 +19,12 @@ import yaml
 from meshgen.errors import SpecError, TargetError
 from meshgen.policy import compile_policy
 from meshgen.spec import LoadedSpec, load_spec_text
-from meshgen.targets import envoy, istio, nginx
 from tests.istio_validation import validate_istio_document
 from tests.support.envoy_process import validate as envoy_validate
 from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import full_matrix
 from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_text
+from tests.support.targets import envoy_output, istio_output, nginx_output
 
 HOSTILE = [
     "a;b",
@@ -117,7 +117,7 @@ FIELDS = [
 
 
 def istio_agrees(loaded: LoadedSpec) -> None:
-    documents = list(yaml.safe_load_all(istio.generate(compile_policy(loaded))))
+    documents = list(yaml.safe_load_all(istio_output(compile_policy(loaded))))
     for document in documents:
         assert validate_istio_document(document) == []
     assert istio_mismatches(loaded.spec, documents, list(full_matrix(loaded.spec))) == []
@@ -126,8 +126,8 @@ def istio_agrees(loaded: LoadedSpec) -> None:
 def envoy_valid(loaded: LoadedSpec) -> None:
     policy = compile_policy(loaded)
     try:
-        text = envoy.generate(
-            policy, bootstrap=True, listen_overrides={}, upstream_overrides={}, admin=None, dry_run=False
+        text = envoy_output(
+            policy, bootstrap=True, listen={}, upstream={}, admin=None, dry_run=False
         )
     except TargetError:
         return  # e.g. principals without standalone.tls: refused, never widened
@@ -140,11 +140,11 @@ def envoy_valid(loaded: LoadedSpec) -> None:
 
 def nginx_valid(loaded: LoadedSpec) -> None:
     try:
-        text = nginx.generate(
+        text = nginx_output(
             compile_policy(loaded),
             full=True,
-            listen_overrides={},
-            upstream_overrides={},
+            listen={},
+            upstream={},
             prefix=None,
             daemon=False,
             dry_run=False,

@@ -14,11 +14,11 @@ import yaml
 from meshgen.errors import TargetError
 from meshgen.policy import Request, compile_policy, decide
 from meshgen.spec import load_spec_text
-from meshgen.targets import istio
 from tests.istio_validation import validate_istio_document, webhook_warnings
-from tests.support.goldens import assert_golden, golden_cases, load_case
+from tests.support.goldens import golden_cases, load_case
 from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import full_matrix
+from tests.support.targets import istio_output
 
 CASES = golden_cases()
 
@@ -29,11 +29,7 @@ def case(request: pytest.FixtureRequest) -> str:
 
 
 def generate(case: str) -> str:
-    return istio.generate(compile_policy(load_case(case)))
-
-
-def test_golden(case: str, update_goldens: bool) -> None:
-    assert_golden(case, "istio.yaml", generate(case), update_goldens)
+    return istio_output(compile_policy(load_case(case)))
 
 
 def test_documents_pass_istio_schema_cel_and_webhook(case: str) -> None:
@@ -79,17 +75,17 @@ workload: {selector: {app: t}}
 def test_header_values_istio_would_read_as_wildcards_are_refused() -> None:
     spec = HEAD + "clients:\n  a: {headers: {x-k: 'tok*'}}\nrules:\n  - {allow: [health], from: [a]}\n"
     with pytest.raises(TargetError, match="wildcard"):
-        istio.generate(compile_policy(load_spec_text(spec, "s.yaml", {})))
+        istio_output(compile_policy(load_spec_text(spec, "s.yaml", {})))
 
 
 def test_no_allow_rules_means_an_allow_policy_without_rules() -> None:
-    documents = list(yaml.safe_load_all(istio.generate(compile_policy(load_spec_text(HEAD, "s.yaml", {})))))
+    documents = list(yaml.safe_load_all(istio_output(compile_policy(load_spec_text(HEAD, "s.yaml", {})))))
     assert [d["metadata"]["name"] for d in documents] == ["t-allow", "t-mtls"]
     assert "rules" not in documents[0]["spec"] and documents[0]["spec"]["action"] == "ALLOW"
 
 
 def test_dry_run_annotates_every_policy() -> None:
     loaded = load_case("deny-allow-overlap")
-    documents = list(yaml.safe_load_all(istio.generate(compile_policy(loaded), dry_run=True)))
+    documents = list(yaml.safe_load_all(istio_output(compile_policy(loaded), dry_run=True)))
     policies = [d for d in documents if d["kind"] == "AuthorizationPolicy"]
     assert policies and all(d["metadata"]["annotations"] == {"istio.io/dry-run": "true"} for d in policies)

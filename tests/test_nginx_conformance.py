@@ -22,13 +22,13 @@ import pytest
 from meshgen.catalog import load_catalog
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
-from meshgen.targets import nginx
 from tests.support.backend import Backend, grpc_call_on
 from tests.support.goldens import golden_cases, load_case
 from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
+from tests.support.targets import nginx_output
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -63,10 +63,10 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
     policy = compile_policy(LoadedSpec(spec, loaded.source))
     with Backend() as backend:
         ports = {name: free_port() for name in ("http", "grpc", "metrics")}
-        text = nginx.generate(
+        text = nginx_output(
             policy, full=True, daemon=False, prefix=None,
-            listen_overrides={name: f"127.0.0.1:{port}" for name, port in ports.items()},
-            upstream_overrides={"http": f"127.0.0.1:{backend.http_port}",
+            listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
+            upstream={"http": f"127.0.0.1:{backend.http_port}",
                                 "grpc": f"127.0.0.1:{backend.grpc_port}",
                                 "metrics": f"127.0.0.1:{backend.http_port}"},
         )

@@ -8,8 +8,8 @@ import yaml
 from benchmarks.specs import make_spec
 from meshgen.policy import compile_policy
 from meshgen.spec import load_spec_text
-from meshgen.targets import nginx
 from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_text
+from tests.support.targets import nginx_output
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx
 @pytest.mark.parametrize(("models", "clients"), [(10, 10), (10, 100), (1000, 100)])
 def test_large_configs_pass_nginx_t_without_warnings(models: int, clients: int) -> None:
     loaded = load_spec_text(yaml.safe_dump(make_spec(models, clients, mtls=False)), "scale.yaml", {})
-    text = nginx.generate(compile_policy(loaded), full=True, listen_overrides={}, upstream_overrides={},
+    text = nginx_output(compile_policy(loaded), full=True, listen={}, upstream={},
                           prefix=None, daemon=False, dry_run=False)
     with nginx_prefix() as prefix:
         result = nginx_test_text(text, prefix)

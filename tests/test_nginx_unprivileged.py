@@ -10,11 +10,11 @@ import shutil
 import pytest
 
 from meshgen.policy import compile_policy
-from meshgen.targets import nginx
 from tests.support.backend import Backend
 from tests.support.goldens import load_case
 from tests.support.nginx_process import NGINX, NginxProcess, make_prefix
 from tests.support.processes import free_port
+from tests.support.targets import nginx_output
 
 UNPRIVILEGED = "nobody"
 
@@ -38,14 +38,14 @@ def test_full_config_serves_and_refuses_as_nobody() -> None:
     prefix = make_prefix()
     ports = {name: free_port() for name in ("http", "grpc", "metrics")}
     with Backend() as backend:
-        text = nginx.generate(
+        text = nginx_output(
             compile_policy(load_case("headers-and-ips")),
             full=True,
             daemon=False,
             prefix=str(prefix),
             dry_run=False,
-            listen_overrides={name: f"127.0.0.1:{port}" for name, port in ports.items()},
-            upstream_overrides={
+            listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
+            upstream={
                 "http": f"127.0.0.1:{backend.http_port}",
                 "grpc": f"127.0.0.1:{backend.grpc_port}",
                 "metrics": f"127.0.0.1:{backend.http_port}",

@@ -30,8 +30,7 @@ from meshgen.errors import TargetError
 from meshgen.policy import Policy, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Standalone, Tls
-from meshgen.targets import envoy, istio, nginx
-from meshgen.targets.nginx_flags import SAFE_HEADER_VALUE_CHARS
+from meshgen.targets.nginx.flags import SAFE_HEADER_VALUE_CHARS
 from tests.istio_validation import validate_istio_document, webhook_warnings
 from tests.support.envoy_process import validate as envoy_validate
 from tests.support.goldens import load_case
@@ -49,6 +48,7 @@ from tests.support.matrix import (
 from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test
 from tests.support.pki import TestCA
 from tests.support.spec_strategy import GeneratedSpec, proxy_specs, specs
+from tests.support.targets import envoy_output, istio_output, nginx_output
 
 # celpy (the CEL evaluator behind tests/istio_validation.py) raises the recursion limit on first use;
 # hypothesis warns that it cannot restore it. Harmless here.
@@ -129,7 +129,7 @@ def needs_mtls(spec: Spec) -> list[str]:
 
 def istio_refusals(spec: Spec) -> list[str]:
     """Documented Istio refusals: a header value with a leading/trailing '*' (a wildcard to Istio)."""
-    return [rf"istio: client '{name}' header '{re.escape(header)}': .*wildcard"
+    return [rf"istio: client '{name}': header '{re.escape(header.lower())}': .*wildcard"
             for name, client in rule_clients(spec).items()
             for header, value in (client.headers or {}).items()
             if str(value).startswith("*") or str(value).endswith("*")]
@@ -139,13 +139,15 @@ def nginx_refusals(spec: Spec) -> list[str]:
     """Documented nginx refusals: mTLS identities, and header values outside nginx's safe characters."""
     expected: list[str] = []
     for name, client in rule_clients(spec).items():
-        kinds = [kind for kind in ("principals", "namespaces") if getattr(client, kind)]
+        kinds = [kind for kind, present in (("principals", client.principals), ("namespaces", client.namespaces))
+                 if present]
         if kinds:
-            expected.append(rf"nginx: client '{name}' is identified by {' and '.join(kinds)}, which need the mTLS")
+            expected.append(rf"nginx: client '{name}' \(used by [^)]*\) is identified by {kinds[0]}, which nginx "
+                            "cannot enforce")
         for header, value in (client.headers or {}).items():
             if set(str(value)) - SAFE_HEADER_VALUE_CHARS:
                 # Header names are case-insensitive: messages name them in lower case.
-                expected.append(rf"nginx: client '{name}' header '{re.escape(header.lower())}': the value contains")
+                expected.append(rf"nginx: client '{name}': header '{re.escape(header.lower())}': the value contains")
     return expected
 
 
@@ -167,7 +169,7 @@ def test_istio_output_is_valid_and_agrees_with_decide(generated: GeneratedSpec) 
     loaded = generated.load()
     documented = istio_refusals(loaded.spec)
     try:
-        text = istio.generate(compile_policy(loaded))
+        text = istio_output(compile_policy(loaded))
     except TargetError as error:
         assert_refused_as_documented(error, documented, generated.to_yaml())
         return
@@ -205,7 +207,7 @@ def with_tls(loaded: LoadedSpec, tls: Tls) -> LoadedSpec:
 
 
 def bootstrap(policy: Policy, dry_run: bool) -> str:
-    return envoy.generate(policy, bootstrap=True, listen_overrides=LISTEN, upstream_overrides=UPSTREAM,
+    return envoy_output(policy, bootstrap=True, listen=LISTEN, upstream=UPSTREAM,
                           admin="127.0.0.1:19901", dry_run=dry_run)
 
 
@@ -232,7 +234,7 @@ def test_envoy_bootstraps_pass_envoy_validate(tmp_path_factory: pytest.TempPathF
             # Documented exit 2: a standalone Envoy checks principals/namespaces only on mutual TLS.
             with pytest.raises(TargetError, match=r"standalone\.tls") as refused:
                 bootstrap(compile_policy(loaded), dry_run)
-            assert f"clients {', '.join(mtls_clients)} are identified" in str(refused.value)
+            assert any(f"client '{name}' (used by " in str(refused.value) for name in mtls_clients)
             loaded = with_tls(loaded, envoy_tls)
         config = directory / f"bootstrap-{len(configs):05d}.yaml"
         config.write_text(bootstrap(compile_policy(loaded), dry_run), encoding="utf-8")
@@ -274,8 +276,8 @@ def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(
         loaded = generated.load()
         documented = nginx_refusals(loaded.spec)
         try:
-            text = nginx.generate(compile_policy(loaded), full=True, daemon=False, prefix=None,
-                                  listen_overrides=LISTEN, upstream_overrides=UPSTREAM)
+            text = nginx_output(compile_policy(loaded), full=True, daemon=False, prefix=None,
+                                  listen=LISTEN, upstream=UPSTREAM)
         except TargetError as error:
             assert_refused_as_documented(error, documented, generated.to_yaml())
             refused.append(str(error))

@@ -2,11 +2,13 @@
 
 from meshgen.policy.compile import compile_policy
 from meshgen.policy.decide import Decision, Identity, Request, decide
-from meshgen.policy.model import ClientIdentity, HttpGrant, Policy, PolicyRule
+from meshgen.policy.identity import ClientIdentity
+from meshgen.policy.model import GrpcGrant, HttpGrant, Policy, PolicyRule
 
 __all__ = [
     "ClientIdentity",
     "Decision",
+    "GrpcGrant",
     "HttpGrant",
     "Identity",
     "Policy",

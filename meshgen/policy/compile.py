@@ -1,35 +1,50 @@
-"""Stage 3: resolve each spec rule into the endpoints and gRPC methods it grants or denies."""
+"""Stage 3: resolve the spec once into the typed, target-neutral policy every target reads.
+
+Each rule becomes the catalog endpoints and gRPC methods it grants or denies, each grant carrying the
+models it is limited to. Whether a target can enforce a per-model limit (and what it does when it
+cannot) is not decided here but by the target's capability table (meshgen/targets/contract.py).
+"""
 
 from __future__ import annotations
 
-from meshgen.catalog import GrpcMethod, HttpEndpoint, load_catalog
+from meshgen.address import PORT_NAMES, PortAddresses, parse_address
+from meshgen.catalog import HttpEndpoint, load_catalog
 from meshgen.errors import CompileWarning
-from meshgen.policy.model import ClientIdentity, HttpGrant, Policy, PolicyRule
+from meshgen.policy.identity import (
+    ClientIdentity,
+    Header,
+    Headers,
+    HeaderValue,
+    IdentityKind,
+    IpBlocks,
+    Namespaces,
+    Principals,
+)
+from meshgen.policy.model import (
+    GrpcGrant,
+    HttpGrant,
+    Policy,
+    PolicyRule,
+    PortMtls,
+    StandaloneSettings,
+    TlsFiles,
+    WorkloadPorts,
+)
 from meshgen.spec import Client, LoadedSpec, Rule
+from meshgen.spec.model import Addresses, Standalone
 
 
 def compile_policy(loaded: LoadedSpec) -> Policy:
     spec = loaded.spec
-    clients = {name: client_identity(name, client) for name, client in spec.clients.items()}
+    clients = {name: client_identity(loaded, name, client) for name, client in spec.clients.items()}
     rules: list[PolicyRule] = []
     warnings: list[CompileWarning] = []
     for index, rule in enumerate(spec.rules):
-        location = loaded.location("rules", index)
-        http, grpc, withheld = rule_grants(rule)
+        http, grpc = rule_grants(rule)
         who = None if rule.from_ == "anyone" else tuple(clients[name] for name in rule.from_)
-        rules.append(PolicyRule(index, rule.action, who, http, grpc, location))
-        if withheld:
-            names = ", ".join(method.name for method in withheld)
-            warnings.append(
-                CompileWarning(
-                    f"rules[{index}]: gRPC carries the model name in the request body, which no proxy can see, "
-                    f"so the model-scoped gRPC methods of this rule are NOT granted ({names}); "
-                    "set grpcAllModels: true to grant them for every model",
-                    location,
-                )
-            )
+        rules.append(PolicyRule(index, rule.action, who, http, grpc, loaded.location("rules", index)))
         if rule.grpc_all_models:
-            names = ", ".join(method.name for method in grpc if method.model_scoped)
+            names = ", ".join(grant.method.name for grant in grpc if grant.method.model_scoped)
             warnings.append(
                 CompileWarning(
                     f"rules[{index}]: grpcAllModels widens this rule on gRPC to EVERY model, not only "
@@ -39,55 +54,83 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
             )
     ports = spec.workload.ports
     port_mtls = sorted(
-        (ports.by_name(key) if isinstance(key, str) else key, mode) for key, mode in spec.mtls.port_overrides.items()
+        (PortMtls(ports.by_name(key) if isinstance(key, str) else key, mode)
+         for key, mode in spec.mtls.port_overrides.items()),
+        key=lambda item: item.port,
     )
     return Policy(
         name=spec.metadata.name,
         namespace=spec.metadata.namespace,
         selector=tuple(spec.workload.selector.items()),
-        ports=(("http", ports.http), ("grpc", ports.grpc), ("metrics", ports.metrics)),
+        ports=WorkloadPorts(ports.http, ports.grpc, ports.metrics),
         mtls_mode=spec.mtls.mode,
         port_mtls=tuple(port_mtls),
         clients=tuple(clients.values()),
         rules=tuple(rules),
         warnings=tuple(warnings),
-        standalone=spec.standalone,
+        standalone=standalone_settings(spec.standalone),
     )
 
 
-def client_identity(name: str, client: Client) -> ClientIdentity:
-    return ClientIdentity(
-        name=name,
-        principals=tuple(client.principals or ()),
-        namespaces=tuple(client.namespaces or ()),
-        ip_blocks=tuple(client.ip_blocks or ()),
-        headers=tuple((header.lower(), str(value)) for header, value in (client.headers or {}).items()),
-    )
+def client_identity(loaded: LoadedSpec, name: str, client: Client) -> ClientIdentity:
+    kinds: list[IdentityKind] = []
+    if client.principals:
+        kinds.append(Principals(tuple(client.principals)))
+    if client.namespaces:
+        kinds.append(Namespaces(tuple(client.namespaces)))
+    if client.ip_blocks:
+        kinds.append(IpBlocks(tuple(client.ip_blocks)))
+    if client.headers:
+        kinds.append(Headers(tuple(
+            Header(header.lower(), HeaderValue(str(value), loaded.header_env.get((name, header))))
+            for header, value in client.headers.items()
+        )))
+    return ClientIdentity(name, tuple(kinds), loaded.location("clients", name))
 
 
-def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcMethod, ...], tuple[GrpcMethod, ...]]:
-    """(HTTP grants, gRPC methods, gRPC methods withheld) of one rule, in catalog order."""
+def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...]]:
+    """(HTTP grants, gRPC grants) of one rule, in catalog order, each limited to the rule's models.
+
+    A rule with ``models`` covers only the model-scoped endpoints and methods of its categories;
+    ``grpcAllModels`` grants its gRPC methods for every model (the conscious widening).
+    """
     catalog = load_catalog()
     models = tuple(rule.models) if rule.models is not None else None
     http: list[HttpGrant] = []
-    grpc: list[GrpcMethod] = []
-    withheld: list[GrpcMethod] = []
+    grpc: list[GrpcGrant] = []
     for category in rule.categories:
         for endpoint in catalog.http_endpoints(category):
             if _covers(endpoint, models):
                 http.append(HttpGrant(endpoint, models if endpoint.model_scoped else None))
         for method in catalog.grpc_methods(category):
             if models is None:
-                grpc.append(method)
+                grpc.append(GrpcGrant(method))
             elif not method.model_scoped:
                 continue  # server-scoped: needs a rule without models
-            elif rule.action == "deny" or rule.grpc_all_models:
-                # A deny cannot see the model either, so it fails closed: denied for every model.
-                grpc.append(method)
+            elif rule.grpc_all_models:
+                grpc.append(GrpcGrant(method))
             else:
-                withheld.append(method)
-    return tuple(http), tuple(grpc), tuple(withheld)
+                grpc.append(GrpcGrant(method, models))
+    return tuple(http), tuple(grpc)
 
 
 def _covers(endpoint: HttpEndpoint, models: tuple[str, ...] | None) -> bool:
     return models is None or endpoint.model_scoped
+
+
+def standalone_settings(standalone: Standalone | None) -> StandaloneSettings:
+    if standalone is None:
+        return StandaloneSettings()
+    tls = standalone.tls
+    return StandaloneSettings(
+        listen=port_addresses(standalone.listen),
+        upstream=port_addresses(standalone.upstream),
+        tls=TlsFiles(tls.cert, tls.key, tls.client_ca) if tls is not None else None,
+    )
+
+
+def port_addresses(addresses: Addresses) -> PortAddresses:
+    # The spec validated each address with the same parser: this cannot fail.
+    values = {"http": addresses.http, "grpc": addresses.grpc, "metrics": addresses.metrics}
+    parsed = {port: parse_address(value) if value is not None else None for port, value in values.items()}
+    return PortAddresses(**{port: parsed[port] for port in PORT_NAMES})

@@ -1,38 +1,57 @@
-"""Target-neutral access rules: what each spec rule grants or denies, resolved against the catalog."""
+"""Target-neutral access rules, resolved once by ``compile_policy``; targets only read them.
+
+Everything a target needs is here as a typed value: endpoints and methods from the catalog, addresses
+as (host, port), header values that remember whether they came from ``{env: ...}``, client identities
+as one value per identity kind, and each grant with the feature a target needs to enforce it as written.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal, TypeVar
 
+from meshgen.address import PerPort, PortAddresses, PortName
 from meshgen.catalog import GrpcMethod, HttpEndpoint
 from meshgen.errors import CompileWarning, SourceLocation
-from meshgen.spec.model import MtlsMode, Standalone
+from meshgen.features import Feature
+from meshgen.policy.identity import ClientIdentity
 
 Action = Literal["allow", "deny"]
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
 
-@dataclass(frozen=True)
-class ClientIdentity:
-    """A named client; it matches a request only when every identity kind it lists matches."""
+# --- grants ---------------------------------------------------------------------------------------------
 
-    name: str
-    principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    ip_blocks: tuple[str, ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+
+class _ModelLimited:
+    """A grant for every model (``models is None``) or only the listed ones."""
+
+    models: tuple[str, ...] | None
+    narrowing: ClassVar[Feature]  # what a target must enforce to limit it to the listed models
 
     @property
-    def needs_mtls(self) -> bool:
-        return bool(self.principals or self.namespaces)
+    def feature(self) -> Feature | None:
+        """What a target must enforce to grant exactly this (None: nothing beyond the request's route)."""
+        return self.narrowing if self.models is not None else None
+
+    def for_every_model(self: Grant_) -> Grant_:
+        return replace(self, models=None)  # type: ignore[type-var]
+
+
+Grant_ = TypeVar("Grant_", bound=_ModelLimited)
 
 
 @dataclass(frozen=True)
-class HttpGrant:
-    """One catalog endpoint, for every model (``models is None``) or only the listed ones."""
+class HttpGrant(_ModelLimited):
+    """One catalog endpoint; the model is a path segment."""
 
     endpoint: HttpEndpoint
     models: tuple[str, ...] | None
+    narrowing: ClassVar[Feature] = Feature.PER_MODEL_HTTP
+
+    @property
+    def label(self) -> str:
+        return f"{self.endpoint.methods[0]} {self.endpoint.template}"
 
     @property
     def patterns(self) -> tuple[tuple[str, ...], ...]:
@@ -47,17 +66,66 @@ class HttpGrant:
 
 
 @dataclass(frozen=True)
+class GrpcGrant(_ModelLimited):
+    """One gRPC method; the model is named in the protobuf request body."""
+
+    method: GrpcMethod
+    models: tuple[str, ...] | None = None
+    narrowing: ClassVar[Feature] = Feature.PER_MODEL_GRPC
+
+    @property
+    def label(self) -> str:
+        return self.method.name
+
+
+Grant = HttpGrant | GrpcGrant
+
+
+@dataclass(frozen=True)
 class PolicyRule:
     index: int
     action: Action
     clients: tuple[ClientIdentity, ...] | None  # None: anyone
     http: tuple[HttpGrant, ...]
-    grpc: tuple[GrpcMethod, ...]
+    grpc: tuple[GrpcGrant, ...]
     location: SourceLocation
 
     @property
     def label(self) -> str:
         return f"rules[{self.index}]"
+
+    @property
+    def grpc_methods(self) -> tuple[GrpcMethod, ...]:
+        return tuple(grant.method for grant in self.grpc)
+
+
+# --- the workload and the runnable-proxy settings --------------------------------------------------------
+
+
+class WorkloadPorts(PerPort[int]):
+    """Triton's container ports."""
+
+
+@dataclass(frozen=True)
+class PortMtls:
+    port: int  # container port
+    mode: MtlsMode
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: str
+    key: str
+    client_ca: str
+
+
+@dataclass(frozen=True)
+class StandaloneSettings:
+    """Listen/upstream addresses and TLS of the runnable proxy outputs (Envoy bootstrap, full nginx.conf)."""
+
+    listen: PortAddresses = field(default_factory=PortAddresses)
+    upstream: PortAddresses = field(default_factory=PortAddresses)
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -65,16 +133,21 @@ class Policy:
     name: str
     namespace: str
     selector: tuple[tuple[str, str], ...]
-    ports: tuple[tuple[str, int], ...]  # (port name, container port) for http, grpc, metrics
+    ports: WorkloadPorts
     mtls_mode: MtlsMode
-    port_mtls: tuple[tuple[int, MtlsMode], ...]
+    port_mtls: tuple[PortMtls, ...]  # sorted by port
     clients: tuple[ClientIdentity, ...]
     rules: tuple[PolicyRule, ...]
     warnings: tuple[CompileWarning, ...]
-    standalone: Standalone | None = None  # listen/upstream/TLS for the runnable proxy outputs
+    standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
 
-    def port(self, name: str) -> int:
-        return dict(self.ports)[name]
+    def port(self, name: PortName) -> int:
+        return self.ports.get(name)
 
     def rules_for(self, action: Action) -> tuple[PolicyRule, ...]:
         return tuple(rule for rule in self.rules if rule.action == action)
+
+    def used_clients(self) -> tuple[ClientIdentity, ...]:
+        """Clients named by some rule, in spec order (unused clients need no target support)."""
+        used = {client.name for rule in self.rules for client in rule.clients or ()}
+        return tuple(client for client in self.clients if client.name in used)

@@ -113,10 +113,17 @@ def _check_models(index: int, rule: Rule, doc: SourceDocument) -> None:
             )
 
 
-def resolve_header_values(spec: Spec, doc: SourceDocument, environ: Mapping[str, str] | None = None) -> Spec:
-    """Replace ``{env: NAME}`` header values by the variable's value, read now (generation time)."""
+def resolve_header_values(
+    spec: Spec, doc: SourceDocument, environ: Mapping[str, str] | None = None
+) -> tuple[Spec, dict[tuple[str, str], str]]:
+    """Replace ``{env: NAME}`` header values by the variable's value, read now (generation time).
+
+    Also returns (client, header) -> NAME for every value so resolved: where a secret came from is
+    part of the policy (lint, docs), not only its value.
+    """
     env = os.environ if environ is None else environ
     clients: dict[str, Client] = {}
+    sources: dict[tuple[str, str], str] = {}
     for name, client in spec.clients.items():
         if not client.headers or not any(isinstance(v, EnvRef) for v in client.headers.values()):
             clients[name] = client
@@ -125,6 +132,7 @@ def resolve_header_values(spec: Spec, doc: SourceDocument, environ: Mapping[str,
         for header, value in client.headers.items():
             if isinstance(value, EnvRef):
                 here = doc.location_of(("clients", name, "headers", header))
+                sources[(name, header)] = value.env
                 resolved = env.get(value.env, "")
                 if not resolved:
                     raise SpecError(
@@ -142,4 +150,4 @@ def resolve_header_values(spec: Spec, doc: SourceDocument, environ: Mapping[str,
             else:
                 headers[header] = value
         clients[name] = client.model_copy(update={"headers": headers})
-    return spec.model_copy(update={"clients": clients})
+    return spec.model_copy(update={"clients": clients}), sources

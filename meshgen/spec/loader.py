@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ class LoadedSpec:
 
     spec: Spec
     source: SourceDocument
+    # (client, header as written) -> the environment variable its value was read from ({env: NAME})
+    header_env: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def location(self, *path: str | int) -> SourceLocation:
         return self.source.location_of(path)
@@ -48,7 +50,8 @@ def load_spec_text(text: str | bytes, file: str, environ: Mapping[str, str] | No
     except ValidationError as exc:
         raise _first_error(exc, doc) from None
     check_spec(spec, doc)
-    return LoadedSpec(resolve_header_values(spec, doc, environ), doc)
+    resolved, header_env = resolve_header_values(spec, doc, environ)
+    return LoadedSpec(resolved, doc, header_env)
 
 
 def _first_error(exc: ValidationError, doc: SourceDocument) -> SpecError:

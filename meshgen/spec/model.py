@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from meshgen.address import parse_address
 from meshgen.catalog.model import Category
 
 PortName = Literal["http", "grpc", "metrics"]
@@ -110,8 +111,7 @@ class Ports(Strict):
         return metrics
 
     def by_name(self, name: PortName) -> int:
-        port: int = getattr(self, name)
-        return port
+        return {"http": self.http, "grpc": self.grpc, "metrics": self.metrics}[name]
 
 
 class Workload(Strict):
@@ -169,14 +169,9 @@ class Tls(Strict):
     client_ca: str = Field(alias="clientCA")
 
 
-ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$")
-
-
 def check_address(value: str) -> str:
     """``host:port`` (IPv6 in brackets); the only form the proxies' configs get."""
-    match = ADDRESS.match(value)
-    if not match or not 1 <= int(match.group("port")) <= 65535:
-        raise ValueError(f"address {value!r} must be host:port (IPv6 as [addr]:port), port 1-65535")
+    parse_address(value)
     return value
 
 

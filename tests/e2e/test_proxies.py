@@ -30,7 +30,6 @@ import yaml
 from meshgen.catalog import load_catalog
 from meshgen.policy import compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec, load_spec
-from meshgen.targets import envoy, istio, nginx
 from tests.e2e.exercise import SPECS_DIR, Outcome, ProxyPorts, run_pass, to_request
 from tests.e2e.triton_server import TritonServer
 from tests.e2e.wire import WireRequest
@@ -39,6 +38,7 @@ from tests.support.envoy_process import EnvoyProcess
 from tests.support.matrix import loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
+from tests.support.targets import envoy_output, istio_output, nginx_output
 
 pytestmark = pytest.mark.e2e
 
@@ -76,12 +76,12 @@ def _proxy(target: str, loaded: LoadedSpec, triton: TritonServer, directory: Pat
     if target == "envoy":
         admin_port = free_port()
         config = directory / "envoy.yaml"
-        config.write_text(envoy.generate(policy, bootstrap=True, listen_overrides=listen,
-                                         upstream_overrides=upstream, admin=f"127.0.0.1:{admin_port}"),
+        config.write_text(envoy_output(policy, bootstrap=True, listen=listen,
+                                         upstream=upstream, admin=f"127.0.0.1:{admin_port}"),
                           encoding="utf-8")
         return EnvoyProcess(config, admin_port, directory / "envoy.log"), ports
-    text = nginx.generate(policy, full=True, daemon=False, prefix=None, listen_overrides=listen,
-                          upstream_overrides=upstream)
+    text = nginx_output(policy, full=True, daemon=False, prefix=None, listen=listen,
+                          upstream=upstream)
     return NginxProcess(text, [ports.http, ports.grpc, ports.metrics]), ports
 
 
@@ -203,7 +203,7 @@ def _istio_request(wire: WireRequest, spec: Spec) -> IstioRequest:
 
 def test_istio_decides_the_recorded_wire_like_decide(exercised: Exercised) -> None:
     """Istio cannot run here: the generated AuthorizationPolicies are evaluated on the exact requests."""
-    policies = [doc for doc in yaml.safe_load_all(istio.generate(compile_policy(exercised.loaded)))
+    policies = [doc for doc in yaml.safe_load_all(istio_output(compile_policy(exercised.loaded)))
                 if doc["kind"] == "AuthorizationPolicy"]
     workload = Workload(exercised.spec.metadata.namespace, exercised.spec.workload.selector)
     problems = []

@@ -21,11 +21,12 @@ from tritonclient.utils import InferenceServerException  # type: ignore[import-u
 
 from meshgen.policy import compile_policy
 from meshgen.spec import load_spec
-from meshgen.targets.triton import GRPC_METADATA_PREFIX, generate
+from meshgen.targets.triton.flags import GRPC_METADATA_PREFIX
 from tests.e2e.calls import Call, Clients, all_calls
 from tests.e2e.conftest import TritonInstall
 from tests.e2e.exercise import SPECS_DIR
 from tests.e2e.triton_server import TritonServer
+from tests.support.targets import triton_output
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +60,7 @@ def restricted_categories(flags: list[str]) -> dict[str, dict[str, tuple[str, st
 
 def generated_flags() -> list[str]:
     """The arguments of ``meshgen triton``'s file, split the way its documented ``xargs`` use splits them."""
-    text = generate(compile_policy(load_spec(str(SPECS_DIR / "edge.yaml"))))
+    text = triton_output(compile_policy(load_spec(str(SPECS_DIR / "edge.yaml"))))
     return [arg for line in text.splitlines() if line and not line.startswith("#") for arg in shlex.split(line)]
 
 

@@ -1,41 +1,87 @@
-"""Golden cases: ``tests/golden/<case>/spec.yaml`` beside one expected file per target."""
+"""Golden cases: ``tests/golden/<case>/`` holds ``spec.yaml`` and exactly the files ``meshgen all`` writes
+for it, plus ``<output>.error`` for each output a target refuses, plus variant files for other options
+(``<stem>.<option><ext>``, e.g. ``nginx.dry-run.conf``) for the cases in ``VARIANT_CASES``.
+
+``pytest --update-goldens`` rewrites the directory (and removes files no longer expected). A golden is a
+security claim: review every diff as code and say in the commit why it changed.
+"""
 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pytest
 
-from meshgen.spec import LoadedSpec, load_spec
+from meshgen.bundle import build_bundle
+from meshgen.errors import TargetError
+from meshgen.policy import compile_policy
+from meshgen.spec import LoadedSpec, load_spec_text
+from meshgen.targets.registry import TARGETS
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+SPEC = "spec.yaml"
+# Cases that also store every target's variants (dry-run, full, ...): enough to review each option's
+# effect on a spec with deny and allow rules, addresses and headers, without doubling every golden.
+VARIANT_CASES = frozenset({"headers-and-ips", "deny-allow-overlap"})
 
 
 def golden_cases() -> list[str]:
-    return sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / "spec.yaml").is_file())
+    return sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / SPEC).is_file())
 
 
 def load_case(case: str) -> LoadedSpec:
-    return load_spec(str(GOLDEN_DIR / case / "spec.yaml"))
+    """The case's spec, named ``<case>/spec.yaml`` in diagnostics (stable in goldens wherever the checkout is)."""
+    return load_spec_text((GOLDEN_DIR / case / SPEC).read_bytes(), f"{case}/{SPEC}")
 
 
-def assert_golden(case: str, filename: str, actual: str, update: bool) -> None:
-    """Compare with the stored golden; a missing golden fails unless --update-goldens is given."""
-    path = GOLDEN_DIR / case / filename
+def error_name(output: str) -> str:
+    return f"{PurePath(output).stem}.error"
+
+
+def variant_name(output: str, suffix: str) -> str:
+    path = PurePath(output)
+    return f"{path.stem}.{suffix}{path.suffix}"
+
+
+def expected_files(case: str) -> dict[str, str]:
+    """Every file the case's golden directory must hold besides spec.yaml."""
+    policy = compile_policy(load_case(case))
+    bundle = build_bundle(policy)
+    files = dict(bundle.files)
+    for name, error in bundle.skipped.items():
+        files[error_name(name)] = f"{error}\n"
+    if case in VARIANT_CASES:
+        for target in TARGETS:
+            for variant in target.variants:
+                if variant.output not in bundle.files:
+                    continue
+                try:
+                    files[variant_name(variant.output, variant.suffix)] = target.generate(policy, variant.options).text
+                except TargetError as error:
+                    files[error_name(variant_name(variant.output, variant.suffix))] = f"{error}\n"
+    return dict(sorted(files.items()))
+
+
+def assert_golden_directory(case: str, update: bool) -> None:
+    """The directory holds exactly the expected files with exactly the expected contents."""
+    directory = GOLDEN_DIR / case
+    expected = expected_files(case)
+    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != SPEC}
     if update:
-        path.write_text(actual, encoding="utf-8")
+        for name, text in expected.items():
+            (directory / name).write_text(text, encoding="utf-8")
+        for name in present - expected.keys():
+            (directory / name).unlink()
         return
-    if not path.exists():
-        pytest.fail(f"missing golden {path.relative_to(GOLDEN_DIR.parent)}; run pytest --update-goldens and review it")
-    expected = path.read_text(encoding="utf-8")
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                actual.splitlines(keepends=True),
-                f"golden/{case}/{filename}",
-                "generated",
-            )
-        )
-        pytest.fail(f"output differs from golden (rerun with --update-goldens if intended):\n{diff}")
+    problems = [f"missing golden {case}/{name}" for name in sorted(expected.keys() - present)]
+    problems += [f"unexpected file {case}/{name} (no output writes it)" for name in sorted(present - expected.keys())]
+    for name in sorted(expected.keys() & present):
+        have = (directory / name).read_text(encoding="utf-8")
+        if have != expected[name]:
+            problems.append("".join(difflib.unified_diff(
+                have.splitlines(keepends=True), expected[name].splitlines(keepends=True),
+                f"golden/{case}/{name}", "generated")))
+    if problems:
+        pytest.fail("golden directory differs (rerun with --update-goldens if intended, and review):\n"
+                    + "\n".join(problems))

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshgen.errors import TargetError
-from meshgen.policy import ClientIdentity, Policy, PolicyRule
-from meshgen.targets.nginx_quote import nginx_variable, regex_literal
+from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks
+from meshgen.policy.model import Policy, PolicyRule
+from meshgen.targets.contract import Encoders, Unencodable, encode_identity
+from meshgen.targets.nginx.quote import MapSource, regex_literal
 
 # Header values are matched through a regex written with \xHH escapes, so any visible ASCII would be safe;
 # this narrower set (what API keys and tokens use) keeps config syntax characters out of the spec entirely.
@@ -26,6 +27,15 @@ MODEL_KEY_PREFIX = "m:"
 # "<captured>/<spelling>[/<spelling>...]" -> 1 when the captured name is one of the listed spellings,
 # exactly (PCRE backreference, case-sensitive). Model names never contain '/', a path segment cannot.
 SPELLING_GUARD = r"~^([^/]+)/(?:[^/]+/)*\1(?:/|\z)"
+
+
+@dataclass(frozen=True)
+class FlagVar:
+    """A generated variable that is "1" or "0", and what it tells about."""
+
+    name: str
+    order: int = -1  # the number in its name (rule index, or model set of a bare model flag): sorts flags
+    model_set: int | None = None  # the model set it checks: the rule holds only for listed models
 
 
 @dataclass
@@ -43,21 +53,21 @@ class Flags:
         """Define ``map "<prefix>$a<separator>$b..." $variable`` once (same name, same content)."""
         if variable not in self._defined:
             self._defined.add(variable)
-            source = prefix + separator.join(nginx_variable(name) for name in source_variables)
-            self.maps.append({"source": source, "variable": nginx_variable(variable), "entries": entries,
-                              "comment": comment})
+            source = MapSource(tuple(source_variables), separator, prefix)
+            self.maps.append({"source": source, "variable": variable, "entries": entries, "comment": comment})
         return variable
 
-    def add_any_of(self, variables: list[str]) -> str:
-        """A flag that is 1 when any of ``variables`` is; numbered, because a name spelled from the
+    def add_any_of(self, flags: list[FlagVar]) -> FlagVar:
+        """A flag that is 1 when any of ``flags`` is; numbered, because a name spelled from the
         rule flags would grow with them past nginx's variable-name hash limits."""
-        key = tuple(variables)
+        names = [flag.name for flag in flags]
+        key = tuple(names)
         if key not in self.allow_sets:
             self.allow_sets[key] = self.add_map(
-                variables, f"mg_allow_{len(self.allow_sets)}", [("default", "0"), ("~1", "1")],
-                "1 when one of these allow rules matches: " + ", ".join(variables),
+                names, f"mg_allow_{len(self.allow_sets)}", [("default", "0"), ("~1", "1")],
+                "1 when one of these allow rules matches: " + ", ".join(names),
             )
-        return self.allow_sets[key]
+        return FlagVar(self.allow_sets[key])
 
     def largest_map(self) -> int:
         return max((len(m["entries"]) for m in self.maps), default=0)
@@ -77,7 +87,8 @@ def hash_sizes(flags: Flags) -> dict[str, int] | None:
     Emitted only then: they are http{}-wide and a main config setting them too would clash with the drop-in.
     """
     map_sizes = _hash_sizes(flags.largest_map(), flags.longest_key(), (2048, 64))
-    variables = [m["variable"] for m in flags.maps] + [g["variable"] for g in flags.geos]
+    # Counted with their '$' (one byte more than nginx hashes: a safe margin).
+    variables = ["$" + m["variable"] for m in flags.maps] + ["$" + g["variable"] for g in flags.geos]
     variable_sizes = None
     if len(variables) > MANY_VARIABLES:
         variable_sizes = _hash_sizes(
@@ -117,10 +128,10 @@ def identifier(name: str) -> str:
     return name.replace("-", "_").replace(".", "_")
 
 
-def client_and_rule_flags(policy: Policy, flags: Flags) -> dict[int, str]:
-    """Define client and rule flags; returns rule index -> flag variable (rules from anyone have none)."""
+def client_and_rule_flags(policy: Policy, flags: Flags) -> dict[int, FlagVar]:
+    """Define client and rule flags; returns rule index -> flag (rules from anyone have none)."""
     client_variables: dict[str, str] = {}
-    rule_variables: dict[int, str] = {}
+    rule_flags: dict[int, FlagVar] = {}
     for rule in policy.rules:
         if rule.clients is None:
             continue
@@ -129,42 +140,73 @@ def client_and_rule_flags(policy: Policy, flags: Flags) -> dict[int, str]:
             if client.name not in client_variables:
                 client_variables[client.name] = _client_flag(client, flags)
             names.append(client_variables[client.name])
-        rule_variables[rule.index] = flags.add_map(
+        variable = flags.add_map(
             names, f"mg_rule_{rule.index}", [("default", "0"), ("~1", "1")],
             f"{rule.label}: 1 when one of its clients ({', '.join(c.name for c in rule.clients)}) matches",
         )
-    return rule_variables
+        rule_flags[rule.index] = FlagVar(variable, rule.index)
+    return rule_flags
+
+
+@dataclass(frozen=True)
+class GeoFlag:
+    """``geo $remote_addr $variable``: 1 for the listed blocks."""
+
+    variable: str
+    blocks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeaderFlag:
+    """A map of one request header: 1 when it equals ``value`` exactly (case-sensitive)."""
+
+    variable: str
+    header: str  # lower case
+    value: str
+    comment: str
+
+
+def _ip_blocks(kind: IpBlocks, client: ClientIdentity) -> list[GeoFlag | HeaderFlag]:
+    return [GeoFlag(f"mg_client_{identifier(client.name)}_ip", kind.blocks)]
+
+
+def _headers(kind: Headers, client: ClientIdentity) -> list[GeoFlag | HeaderFlag]:
+    found: list[GeoFlag | HeaderFlag] = []
+    for position, header in enumerate(kind.headers):
+        value = header.value.value
+        unsafe = sorted(set(value) - SAFE_HEADER_VALUE_CHARS)
+        if unsafe:
+            raise Unencodable(
+                f"header {header.name!r}: the value contains {''.join(unsafe)!r}; nginx matching is generated "
+                "only for values made of letters, digits and ._~+/=:@,- (config syntax characters, quotes, "
+                "spaces and '$' are refused)"
+            )
+        comment = f"client {client.name}: header {header.name} equals its value exactly (case-sensitive)"
+        found.append(HeaderFlag(f"mg_client_{identifier(client.name)}_header_{position}", header.name, value, comment))
+    return found
+
+
+# Identity kind -> the flags it defines (all must be 1). A kind missing here must be refused by the
+# capability table (principals and namespaces are: nginx cannot verify mesh identities).
+ENCODERS: Encoders[list[GeoFlag | HeaderFlag]] = {
+    IpBlocks: _ip_blocks,
+    Headers: _headers,
+}
 
 
 def _client_flag(client: ClientIdentity, flags: Flags) -> str:
-    kinds = [kind for kind, present in (("principals", client.principals), ("namespaces", client.namespaces))
-             if present]
-    if kinds:
-        raise TargetError(
-            f"nginx: client {client.name!r} is identified by {' and '.join(kinds)}, which need the mTLS peer "
-            "identity of an Istio sidecar; nginx cannot verify it, and dropping it would widen the rule. "
-            "Identify this client by ipBlocks and/or headers, or use the istio or envoy target"
-        )
+    parts = []
+    for definitions in encode_identity("nginx", client, ENCODERS):
+        for definition in definitions:
+            if isinstance(definition, GeoFlag):
+                flags.geos.append({"variable": definition.variable,
+                                   "entries": [("default", "0"), *((block, "1") for block in definition.blocks)]})
+                parts.append(definition.variable)
+            else:
+                parts.append(flags.add_map(
+                    [f"http_{identifier(definition.header)}"], definition.variable,
+                    [("default", "0"), (f"~^{regex_literal(definition.value)}\\z", "1")], definition.comment))
     base = f"mg_client_{identifier(client.name)}"
-    parts: list[str] = []
-    if client.ip_blocks:
-        variable = f"{base}_ip"
-        flags.geos.append({"variable": nginx_variable(variable),
-                           "entries": [("default", "0"), *((block, "1") for block in client.ip_blocks)]})
-        parts.append(variable)
-    for position, (header, value) in enumerate(client.headers):
-        unsafe = sorted(set(value) - SAFE_HEADER_VALUE_CHARS)
-        if unsafe:
-            raise TargetError(
-                f"nginx: client {client.name!r} header {header!r}: the value contains {''.join(unsafe)!r}; "
-                "nginx matching is generated only for values made of letters, digits and ._~+/=:@,- "
-                "(config syntax characters, quotes, spaces and '$' are refused)"
-            )
-        parts.append(flags.add_map(
-            [f"http_{identifier(header)}"], f"{base}_header_{position}",
-            [("default", "0"), (f"~^{regex_literal(value)}\\z", "1")],
-            f"client {client.name}: header {header} equals its value exactly (case-sensitive)",
-        ))
     if not parts:
         # A client listing no identity kind matches nobody (as in decide()).
         return flags.add_map(["remote_addr"], base, [("default", "0")], f"client {client.name}: matches nobody")
@@ -172,7 +214,7 @@ def _client_flag(client: ClientIdentity, flags: Flags) -> str:
                          f"client {client.name}: every identity kind it lists matched")
 
 
-def model_flag(models: frozenset[str], flags: Flags) -> str:
+def model_flag(models: frozenset[str], flags: Flags) -> FlagVar:
     """1 when the captured ``$mg_model`` is exactly one of ``models``: a hash lookup, whatever their number.
 
     The first map finds the listed spelling(s) by a case-insensitive hash key; the second accepts only an
@@ -191,22 +233,24 @@ def model_flag(models: frozenset[str], flags: Flags) -> str:
         f"model set {number} ({len(key)} model(s)): the listed spelling(s) of the model captured from the path",
         prefix=MODEL_KEY_PREFIX,
     )
-    return flags.add_map(
+    variable = flags.add_map(
         [MODEL_CAPTURE, spelling], f"mg_models_{number}", [("default", "0"), (SPELLING_GUARD, "1")],
         f"model set {number}: 1 when the captured model is spelled exactly as listed", separator="/",
     )
+    return FlagVar(variable, number, number)
 
 
-def rule_flag(rule: PolicyRule, models: frozenset[str] | None, rule_variables: dict[int, str],
-               flags: Flags) -> str | None:
+def rule_flag(rule: PolicyRule, models: frozenset[str] | None, rule_flags: dict[int, FlagVar],
+              flags: Flags) -> FlagVar | None:
     """The flag of ``rule`` in a location; ``models``: the models it is limited to there (None: any)."""
-    client = rule_variables.get(rule.index)
+    client = rule_flags.get(rule.index)
     if models is None:
         return client
     model = model_flag(models, flags)
     if client is None:
         return model
-    return flags.add_map(
-        [client, model], f"{client}_models_{model.rsplit('_', 1)[1]}", [("default", "0"), ("11", "1")],
+    variable = flags.add_map(
+        [client.name, model.name], f"{client.name}_models_{model.model_set}", [("default", "0"), ("11", "1")],
         f"{rule.label} for a listed model: 1 when one of its clients matches and the model is listed",
     )
+    return FlagVar(variable, rule.index, model.model_set)

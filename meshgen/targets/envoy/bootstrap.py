@@ -16,16 +16,18 @@ UNESCAPE_AND_REDIRECT, never sends a client somewhere else.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Mapping
 from typing import Any
 
-from meshgen.errors import TargetError
-from meshgen.policy import Policy
-from meshgen.render import load_yaml, render
-from meshgen.spec.model import ADDRESS, check_address
-from meshgen.targets.envoy_rbac import rbac_filters
-from meshgen.targets.standalone import PORTS, Endpoint, PortAddresses, resolve_addresses
+from meshgen.address import Address
+from meshgen.policy.model import Policy
+from meshgen.render import load_yaml
+from meshgen.render import render as render_template
+from meshgen.targets.contract import Rendered
+from meshgen.targets.envoy import EnvoyOptions
+from meshgen.targets.envoy.rbac import ENCODERS, rbac_filters
+from meshgen.targets.standalone import ProxyPort, proxy_ports
+
+__all__ = ["ENCODERS", "parse_back", "render"]
 
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -40,43 +42,39 @@ ROUTE_TIMEOUT = {"http": "300s", "grpc": "0s", "metrics": "15s"}
 STREAM_IDLE_TIMEOUT = "300s"
 
 
-def generate(
-    policy: Policy,
-    *,
-    bootstrap: bool = False,
-    listen_overrides: Mapping[str, str | None] | None = None,
-    upstream_overrides: Mapping[str, str | None] | None = None,
-    admin: str | None = None,
-    dry_run: bool = False,
-) -> str:
-    if not bootstrap:
-        filters = rbac_filters(policy, port=None, dry_run=dry_run)
-        text = render("envoy", "filters.yaml.j2", filters=filters)
-        _check_same(load_yaml(text), filters, "filters")
-        return text
-    context = build_bootstrap(policy, resolve_addresses(policy, "envoy", listen_overrides or {},
-                                                        upstream_overrides or {}), admin, dry_run)
-    text = render("envoy", "bootstrap.yaml.j2", **context)
-    document = load_yaml(text)
-    _check_same(document["static_resources"]["listeners"], context["listeners"], "listeners")
-    _check_same(document["static_resources"]["clusters"], context["clusters"], "clusters")
-    _check_same(document.get("admin"), context["admin"], "admin")
-    return text
+def render(policy: Policy, options: EnvoyOptions) -> Rendered:
+    if not options.bootstrap:
+        return render_filters(policy, options.dry_run)
+    ports = proxy_ports(policy, "envoy", options.listen, options.upstream)
+    return render_bootstrap(policy, ports, options.admin, options.dry_run)
 
 
-def build_bootstrap(policy: Policy, addresses: Mapping[str, PortAddresses], admin: str | None,
+def parse_back(text: str) -> object:
+    return load_yaml(text)
+
+
+def render_filters(policy: Policy, dry_run: bool) -> Rendered:
+    filters = rbac_filters(policy, port=None, dry_run=dry_run)
+    return Rendered(render_template("envoy", "filters.yaml.j2", filters=filters), filters)
+
+
+def render_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Address | None, dry_run: bool) -> Rendered:
+    context = build_bootstrap(policy, ports, admin, dry_run)
+    document: dict[str, Any] = {}
+    if context["admin"] is not None:
+        document["admin"] = context["admin"]
+    document["static_resources"] = {"listeners": context["listeners"], "clusters": context["clusters"]}
+    return Rendered(render_template("envoy", "bootstrap.yaml.j2", **context), document)
+
+
+def build_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Address | None,
                     dry_run: bool) -> dict[str, Any]:
-    tls = policy.standalone.tls if policy.standalone else None
-    needs_mtls = sorted({client.name for rule in policy.rules for client in rule.clients or () if client.needs_mtls})
-    if needs_mtls and tls is None:
-        raise TargetError(
-            f"envoy: clients {', '.join(needs_mtls)} are identified by principals/namespaces, which a standalone "
-            "Envoy can only check on mutual TLS; set standalone.tls (cert, key, clientCA) in the spec, or use "
-            "the filter-only output inside a mesh that does mTLS"
-        )
+    """One listener per Triton port with that port's RBAC filters; clusters to Triton's ports."""
+    tls = policy.standalone.tls
     listeners = []
     clusters = []
-    for port in PORTS:
+    for proxy_port in ports:
+        port = proxy_port.name
         cluster_name = f"triton_{port}"
         hcm = {
             "@type": HCM_TYPE,
@@ -116,49 +114,23 @@ def build_bootstrap(policy: Policy, addresses: Mapping[str, PortAddresses], admi
             }}
         listeners.append({
             "name": f"triton_{port}",
-            "address": _socket_address(addresses[port].listen),
+            "address": _socket_address(proxy_port.listen),
             "filter_chains": [chain],
         })
         cluster: dict[str, Any] = {
             "name": cluster_name,
-            "type": "STATIC" if _is_ip(addresses[port].upstream.host) else "STRICT_DNS",
+            "type": "STATIC" if proxy_port.upstream.is_ip else "STRICT_DNS",
             "connect_timeout": "5s",
             "load_assignment": {"cluster_name": cluster_name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": _socket_address(addresses[port].upstream)}}]}]},
+                {"endpoint": {"address": _socket_address(proxy_port.upstream)}}]}]},
         }
         if port == "grpc":
             cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS_KEY: {
                 "@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}}
         clusters.append(cluster)
-    admin_config = None
-    if admin is not None:
-        admin_config = {"address": _socket_address(_parse_address(admin))}
+    admin_config = {"address": _socket_address(admin)} if admin is not None else None
     return {"admin": admin_config, "listeners": listeners, "clusters": clusters}
 
 
-def _socket_address(endpoint: Endpoint) -> dict[str, Any]:
-    return {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
-
-
-def _parse_address(value: str) -> Endpoint:
-    try:
-        check_address(value)
-    except ValueError as error:
-        raise TargetError(f"envoy: --admin: {error}") from None
-    match = ADDRESS.match(value)
-    assert match is not None  # check_address accepted it
-    return Endpoint(match.group("host").strip("[]"), int(match.group("port")))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_same(rendered: Any, expected: Any, what: str) -> None:
-    """The template lays out documents; confirm it carried every value through unchanged."""
-    if rendered != expected:
-        raise AssertionError(f"envoy template mangled the {what}")
+def _socket_address(address: Address) -> dict[str, Any]:
+    return {"socket_address": {"address": address.host, "port_value": address.port}}

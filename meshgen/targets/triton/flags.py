@@ -9,13 +9,15 @@ same format, and gRPC clients then send the metadata key ``triton-grpc-protocol-
 
 from __future__ import annotations
 
-import ipaddress
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from meshgen.address import PORT_NAMES
 from meshgen.catalog import CATEGORIES
-from meshgen.policy import Policy
-from meshgen.render import render
+from meshgen.policy.model import Policy
+from meshgen.render import render as render_template
+from meshgen.targets.contract import Encoders, NoOptions, Rendered
 
 GRPC_METADATA_PREFIX = "triton-grpc-protocol-"
 TRITON_CATEGORIES = tuple(c for c in CATEGORIES if c != "metrics")  # metrics is never restricted by Triton
@@ -27,9 +29,26 @@ class Flag:
     argument: str
 
 
-def generate(policy: Policy) -> str:
+# Triton checks no caller identity itself: every identity kind is left to the proxy (Delegated).
+ENCODERS: Encoders[None] = {}
+
+
+def render(policy: Policy, options: NoOptions) -> Rendered:
     flags = list(triton_flags(policy))
-    return render("triton", "triton-args.txt.j2", name=policy.name, flags=flags)
+    text = render_template("triton", "triton-args.txt.j2", name=policy.name, flags=flags)
+    return Rendered(text, [flag.argument for flag in flags])
+
+
+def parse_back(text: str) -> list[str]:
+    """The arguments of a flags file: every line that is not a comment is exactly one shell word."""
+    arguments = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            words = shlex.split(line)
+            if len(words) != 1:
+                raise AssertionError(f"triton template wrote {len(words)} words on one line")
+            arguments.append(words[0])
+    return arguments
 
 
 def triton_flags(policy: Policy) -> Iterator[Flag]:
@@ -48,13 +67,14 @@ def _granted(policy: Policy, category: str) -> list[tuple[frozenset[tuple[str, s
     """(header pairs of each client granted ``category``, whether the grant is to anyone)."""
     result: list[tuple[frozenset[tuple[str, str]], bool]] = []
     for rule in policy.rules_for("allow"):
-        categories = {g.endpoint.category for g in rule.http} | {m.category for m in rule.grpc}
+        categories = {g.endpoint.category for g in rule.http} | {g.method.category for g in rule.grpc}
         if category not in categories:
             continue
         if rule.clients is None:
             result.append((frozenset(), True))
         else:
-            result.extend((frozenset(client.headers), False) for client in rule.clients)
+            result.extend((frozenset((h.name, h.value.value) for h in client.headers), False)
+                          for client in rule.clients)
     return result
 
 
@@ -95,7 +115,7 @@ def _model_control(policy: Policy) -> Iterator[Flag]:
         g.endpoint.category == "model-repository" and g.endpoint.model_scoped
         for rule in policy.rules_for("allow")
         for g in rule.http
-    ) or any(m.name == "RepositoryModelLoad" for rule in policy.rules_for("allow") for m in rule.grpc)
+    ) or any(g.method.name == "RepositoryModelLoad" for rule in policy.rules_for("allow") for g in rule.grpc)
     if loads:
         yield Flag("Clients may load and unload models (model-repository is granted)", "--model-control-mode=explicit")
         # Explicit mode starts with no model loaded; the default mode served the whole repository.
@@ -109,17 +129,8 @@ def _model_control(policy: Policy) -> Iterator[Flag]:
 
 def _loopback_binding(policy: Policy) -> Iterator[Flag]:
     """With a standalone proxy on the same host, Triton should listen on loopback only."""
-    if policy.standalone is None:
-        return
-    flags = {"http": "--http-address", "grpc": "--grpc-address", "metrics": "--metrics-address"}
-    for port, flag in flags.items():
-        upstream = getattr(policy.standalone.upstream, port)
-        if upstream is None:
-            continue
-        host = upstream.rsplit(":", 1)[0].strip("[]")
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            yield Flag(f"The proxy reaches the {port} port on {upstream}: nothing else should", f"{flag}={host}")
+    for port in PORT_NAMES:
+        upstream = policy.standalone.upstream.get(port)
+        if upstream is not None and upstream.is_loopback:
+            yield Flag(f"The proxy reaches the {port} port on {upstream}: nothing else should",
+                       f"--{port}-address={upstream.host}")

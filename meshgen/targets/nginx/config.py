@@ -25,25 +25,32 @@ Design (see ../shared/reference/nginx-notes.md for the bypasses this avoids):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from meshgen.address import PortName
 from meshgen.catalog import ANY_SEGMENT, GrpcMethod, HttpEndpoint, load_catalog
 from meshgen.catalog.model import VARIABLES
 from meshgen.errors import TargetError
-from meshgen.policy import Policy, PolicyRule
-from meshgen.render import environment, render
-from meshgen.targets.nginx_flags import (
+from meshgen.policy.model import Policy, PolicyRule
+from meshgen.render import environment
+from meshgen.render import render as render_template
+from meshgen.targets.contract import Rendered
+from meshgen.targets.nginx import NginxOptions
+from meshgen.targets.nginx.flags import (
+    ENCODERS,
     MODEL_CAPTURE,
     Flags,
+    FlagVar,
     client_and_rule_flags,
     hash_sizes,
     identifier,
     rule_flag,
 )
-from meshgen.targets.nginx_quote import nginx_arg, nginx_variable, regex_literal
-from meshgen.targets.standalone import PortAddresses, resolve_addresses
+from meshgen.targets.nginx.quote import nginx_arg, nginx_map_source, nginx_variable, regex_literal
+from meshgen.targets.standalone import ProxyPort, proxy_ports
+
+__all__ = ["ENCODERS", "parse_back", "render"]
 
 GRPC_METHOD = "POST"
 LONG_TIMEOUT = "3600s"  # ModelStreamInfer streams and slow generate calls must not hit nginx's 60 s default
@@ -53,7 +60,7 @@ DRY_RUN_LOG = "meshgen-dry-run.log"
 DROPIN_LOG_DIR = "/var/log/nginx"  # Debian's; the drop-in's dry-run log goes there unless --prefix is given
 
 # The templates write every value through these filters (the shared environment is cached per target).
-environment("nginx").filters.update(nginx_arg=nginx_arg, nginx_var=nginx_variable)
+environment("nginx").filters.update(nginx_arg=nginx_arg, nginx_var=nginx_variable, nginx_map_source=nginx_map_source)
 
 
 @dataclass(frozen=True)
@@ -83,43 +90,37 @@ class Location:
     verdicts: tuple[Verdict, ...] = ()
 
 
-def generate(
-    policy: Policy,
-    *,
-    full: bool = False,
-    listen_overrides: Mapping[str, str | None] | None = None,
-    upstream_overrides: Mapping[str, str | None] | None = None,
-    prefix: str | None = None,
-    daemon: bool = True,
-    dry_run: bool = False,
-) -> str:
+def render(policy: Policy, options: NginxOptions) -> Rendered:
+    ports = proxy_ports(policy, "nginx", options.listen, options.upstream)
+    full, prefix, dry_run = options.full, options.prefix, options.dry_run
     paths = main_paths(prefix) if full or dry_run else {}
     dry_run_log: str | None = None
     if dry_run:
         # The full config logs where its access_log is; a drop-in cannot know the main config's log
         # directory: under --prefix, else Debian's.
         dry_run_log = paths["access_log"] if full else f"{(prefix or DROPIN_LOG_DIR).rstrip('/')}/{DRY_RUN_LOG}"
-    context = build_context(policy, listen_overrides or {}, upstream_overrides or {}, dry_run_log=dry_run_log)
-    text = render("nginx", "http.conf.j2", **context)
+    context = build_context(policy, ports, dry_run_log=dry_run_log)
+    text = render_template("nginx", "http.conf.j2", **context)
     if full:
-        text = render("nginx", "full.conf.j2", http_block=text, daemon=daemon, **paths)
-    check_rendered(text, context)
-    return text
+        text = render_template("nginx", "full.conf.j2", http_block=text, daemon=not options.no_daemon, **paths)
+    return Rendered(text, planned_locations(context))
 
 
-def build_context(policy: Policy, listen_overrides: Mapping[str, str | None],
-                  upstream_overrides: Mapping[str, str | None], *, dry_run_log: str | None = None,
+def parse_back(text: str) -> object:
+    return parse_locations(text)
+
+
+def build_context(policy: Policy, ports: tuple[ProxyPort, ...], *, dry_run_log: str | None = None,
                   ) -> dict[str, Any]:
     flags = Flags()
-    rule_variables = client_and_rule_flags(policy, flags)
-    addresses = resolve_addresses(policy, "nginx", listen_overrides, upstream_overrides)
+    rule_flags = client_and_rule_flags(policy, flags)
     servers = []
-    for port in ("http", "grpc", "metrics"):
-        if port == "grpc":
-            locations = _grpc_locations(policy, rule_variables, flags)
+    for port in ports:
+        if port.name == "grpc":
+            locations = _grpc_locations(policy, rule_flags, flags)
         else:
-            locations = _http_locations(policy, port, rule_variables, flags)
-        servers.append(_server(policy, port, addresses[port], locations))
+            locations = _http_locations(policy, port.name, rule_flags, flags)
+        servers.append(_server(policy, port, locations))
     return {
         "name": policy.name,
         "namespace": policy.namespace,
@@ -133,14 +134,16 @@ def build_context(policy: Policy, listen_overrides: Mapping[str, str | None],
     }
 
 
-def _server(policy: Policy, port: str, address: PortAddresses, locations: list[Location]) -> dict[str, Any]:
+def _server(policy: Policy, port: ProxyPort, locations: list[Location]) -> dict[str, Any]:
+    upstream = f"meshgen_{identifier(policy.name)}_{port.name}"
     return {
-        "port": port,
-        "triton_port": policy.port(port),
-        "listen": address.listen.address,
-        "upstream_name": nginx_variable(f"meshgen_{identifier(policy.name)}_{port}")[1:],
-        "upstream": address.upstream.address,
-        "grpc": port == "grpc",
+        "port": port.name,
+        "triton_port": policy.port(port.name),
+        "listen": str(port.listen),
+        "upstream_name": upstream,
+        "pass_to": f"{'grpc' if port.name == 'grpc' else 'http'}://{upstream}",
+        "upstream": str(port.upstream),
+        "grpc": port.name == "grpc",
         "locations": locations,
     }
 
@@ -159,9 +162,12 @@ def main_paths(prefix: str | None) -> dict[str, str]:
 
 # --- locations (client and rule flags: meshgen/targets/nginx_flags.py) ------------------------------
 
-# A rule as it applies in one location: its label and the flag variable telling whether it matches the
-# request there (None: it always does).
-Step = tuple[PolicyRule, str | None]
+@dataclass(frozen=True)
+class Step:
+    """A rule as it applies in one location."""
+
+    rule: PolicyRule
+    flag: FlagVar | None  # "1" when the rule matches the request there; None: it always does
 
 
 def _decision(deny: list[Step], allow: list[Step], method: Check, flags: Flags,
@@ -172,27 +178,22 @@ def _decision(deny: list[Step], allow: list[Step], method: Check, flags: Flags,
     deciding rule: wrong method, else the first deny rule (spec order), else the first allow rule.
     """
     verdicts = [Verdict(None, "deny default")]
-    verdicts += [Verdict(None if v is None else Check(v), f"allow {r.label}")
-                 for r, v in sorted(allow, key=lambda step: -step[0].index)]
-    verdicts += [Verdict(None if v is None else Check(v), f"deny {r.label}")
-                 for r, v in sorted(deny, key=lambda step: -step[0].index)]
+    verdicts += [Verdict(None if s.flag is None else Check(s.flag.name), f"allow {s.rule.label}")
+                 for s in sorted(allow, key=lambda step: -step.rule.index)]
+    verdicts += [Verdict(None if s.flag is None else Check(s.flag.name), f"deny {s.rule.label}")
+                 for s in sorted(deny, key=lambda step: -step.rule.index)]
     verdicts.append(Verdict(method, "deny method"))
     last_unconditional = max(i for i, verdict in enumerate(verdicts) if verdict.check is None)
     audit = tuple(verdicts[last_unconditional:])
-    if any(v is None for _, v in deny) or not allow:
+    if any(step.flag is None for step in deny) or not allow:
         return True, (), audit
-    checks = [method, *(Check(v) for _, v in deny if v is not None)]
-    if all(v is not None for _, v in allow):
-        variables = sorted({v for _, v in allow if v is not None}, key=_flag_order)
-        variable = variables[0] if len(variables) == 1 else flags.add_any_of(variables)
-        checks.append(Check(variable, "=", "0"))
+    checks = [method, *(Check(step.flag.name) for step in deny if step.flag is not None)]
+    if all(step.flag is not None for step in allow):
+        # By the number in their names (then the name), so generated names and goldens are stable.
+        chosen = sorted({step.flag for step in allow if step.flag is not None}, key=lambda f: (f.order, f.name))
+        flag = chosen[0] if len(chosen) == 1 else flags.add_any_of(chosen)
+        checks.append(Check(flag.name, "=", "0"))
     return False, tuple(checks), audit
-
-
-def _flag_order(variable: str) -> tuple[int, str]:
-    """Rule flags by rule index (then name), so generated names and goldens are stable."""
-    digits = variable.removeprefix("mg_rule_").removeprefix("mg_models_").split("_", 1)[0]
-    return (int(digits) if digits.isdigit() else -1, variable)
 
 
 def _method_check(methods: tuple[str, ...], flags: Flags) -> Check:
@@ -252,25 +253,25 @@ class _EndpointGrants:
 
 
 def _steps(action: Literal["allow", "deny"], grants: _EndpointGrants, model: str | None, capture: bool,
-           rule_variables: dict[int, str], flags: Flags) -> list[Step]:
+           rule_flags: dict[int, FlagVar], flags: Flags) -> list[Step]:
     """The rules of ``action`` covering the endpoint for ``model`` (None: a model no per-model location has,
     or with ``capture`` the model captured from the path) with their flags there."""
     if model is not None:
-        return [(rule, rule_variables.get(rule.index)) for rule in grants.granting(model) if rule.action == action]
+        return [Step(rule, rule_flags.get(rule.index)) for rule in grants.granting(model) if rule.action == action]
     steps: list[Step] = []
     for position, models in grants.models.items():
         rule = grants.rules[position]
         if rule.action != action:
             continue
         if models is None:
-            steps.append((rule, rule_variables.get(rule.index)))
+            steps.append(Step(rule, rule_flags.get(rule.index)))
         elif capture:
-            steps.append((rule, rule_flag(rule, models, rule_variables, flags)))
+            steps.append(Step(rule, rule_flag(rule, models, rule_flags, flags)))
     return steps
 
 
 def _endpoint_location(
-    policy: Policy, grants: _EndpointGrants, model: str | None, rule_variables: dict[int, str], flags: Flags,
+    policy: Policy, grants: _EndpointGrants, model: str | None, rule_flags: dict[int, FlagVar], flags: Flags,
 ) -> Location:
     endpoint = grants.endpoint
     pattern = endpoint.pattern(model)
@@ -278,8 +279,8 @@ def _endpoint_location(
     # rather than one regex location per model (whose cost grows with the number of models).
     versioned = model is None and endpoint.model_scoped and sum(s == ANY_SEGMENT for s in pattern) > 1
     capture = versioned and any(grants.models.values())
-    deny = _steps("deny", grants, model, capture, rule_variables, flags)
-    allow = _steps("allow", grants, model, capture, rule_variables, flags)
+    deny = _steps("deny", grants, model, capture, rule_flags, flags)
+    allow = _steps("allow", grants, model, capture, rule_flags, flags)
     deny_all, checks, verdicts = _decision(deny, allow, _method_check(endpoint.methods, flags), flags)
     if ANY_SEGMENT in pattern:
         parts = []
@@ -303,8 +304,8 @@ def _endpoint_location(
 
 
 def _label(step: Step) -> str:
-    rule, variable = step
-    return rule.label + (" (listed models)" if variable is not None and "models_" in variable else "")
+    listed = step.flag is not None and step.flag.model_set is not None
+    return step.rule.label + (" (listed models)" if listed else "")
 
 
 def _comment(what: str, deny: list[Step], allow: list[Step]) -> str:
@@ -318,7 +319,8 @@ def _comment(what: str, deny: list[Step], allow: list[Step]) -> str:
     return "; ".join(parts)
 
 
-def _http_locations(policy: Policy, port: str, rule_variables: dict[int, str], flags: Flags) -> list[Location]:
+def _http_locations(policy: Policy, port: PortName, rule_flags: dict[int, FlagVar], flags: Flags,
+                    ) -> list[Location]:
     exact: list[Location] = []
     regex: list[Location] = []
     for endpoint in load_catalog().http:
@@ -329,19 +331,21 @@ def _http_locations(policy: Policy, port: str, rule_variables: dict[int, str], f
             # Only {model} varies: one exact location per listed model (a tree lookup, flat).
             models = sorted({m for rule in policy.rules for g in rule.http if g.endpoint == endpoint
                              for m in g.models or ()})
-            exact += [_endpoint_location(policy, grants, model, rule_variables, flags) for model in models]
-        location = _endpoint_location(policy, grants, None, rule_variables, flags)
+            exact += [_endpoint_location(policy, grants, model, rule_flags, flags) for model in models]
+        location = _endpoint_location(policy, grants, None, rule_flags, flags)
         # Regex locations are tried in file order: shapes follow catalog order, the order in which
         # Triton's router tries them.
         (exact if location.modifier == "=" else regex).append(location)
     return exact + regex
 
 
-def _grpc_locations(policy: Policy, rule_variables: dict[int, str], flags: Flags) -> list[Location]:
+def _grpc_locations(policy: Policy, rule_flags: dict[int, FlagVar], flags: Flags) -> list[Location]:
+    for rule in policy.rules:
+        assert all(grant.models is None for grant in rule.grpc), "per-model gRPC is withheld by the capabilities"
     locations = []
     for method in load_catalog().grpc:
-        deny = [(r, rule_variables.get(r.index)) for r in policy.rules_for("deny") if method in r.grpc]
-        allow = [(r, rule_variables.get(r.index)) for r in policy.rules_for("allow") if method in r.grpc]
+        deny = [Step(r, rule_flags.get(r.index)) for r in policy.rules_for("deny") if method in r.grpc_methods]
+        allow = [Step(r, rule_flags.get(r.index)) for r in policy.rules_for("allow") if method in r.grpc_methods]
         deny_all, checks, verdicts = _decision(deny, allow, Check("request_method", "!=", GRPC_METHOD), flags)
         locations.append(Location("=", method.path, deny_all, checks,
                                   _comment(_grpc_what(method), deny, allow), verdicts))
@@ -355,8 +359,12 @@ def _grpc_what(method: GrpcMethod) -> str:
 # --- parse-back check -------------------------------------------------------------------------------
 
 
-def check_rendered(text: str, context: dict[str, Any]) -> None:
-    """Tokenize the output and confirm every location the context planned appears once, in order."""
+def planned_locations(context: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(loc.modifier, loc.path) for server in context["servers"] for loc in server["locations"]]
+
+
+def parse_locations(text: str) -> list[tuple[str, str]]:
+    """Tokenize the output (braces must balance) and list its ``location = | ~`` blocks in order."""
     tokens = _tokens(text)
     depth = 0
     seen: list[tuple[str, str]] = []
@@ -371,9 +379,7 @@ def check_rendered(text: str, context: dict[str, Any]) -> None:
             seen.append((tokens[position + 1], tokens[position + 2]))
     if depth != 0:
         raise AssertionError("nginx template produced unbalanced braces")
-    planned = [(loc.modifier, loc.path) for server in context["servers"] for loc in server["locations"]]
-    if seen != planned:
-        raise AssertionError("nginx template mangled the locations")
+    return seen
 
 
 # One token per match, in nginx's terms: whitespace and comments (skipped), a brace or ';', a quoted

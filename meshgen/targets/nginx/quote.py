@@ -10,6 +10,7 @@ characters with everything else written as ``\\xHH``, so no value can change a p
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from meshgen.errors import TargetError
 
@@ -19,6 +20,7 @@ _PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
 _QUOTABLE = re.compile(r"^[\x20-\x23\x25-\x7e]+$")
 _BACKSLASH_TO_ESCAPE = re.compile(r"\\(?=[\\\"'trn]|$)")
 _REGEX_LITERAL = re.compile(r"[A-Za-z0-9_]")
+_MAP_LITERAL = re.compile(r"^[A-Za-z0-9_:/]*$")  # what a map source writes besides variables
 VARIABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -35,6 +37,23 @@ def nginx_arg(value: object) -> str:
     # nginx unescapes only \\ \" \' \t \r \n inside quotes and keeps other backslashes (regex \x2e, \z),
     # so only a backslash that would start one of those (or close the string) is doubled.
     return '"' + _BACKSLASH_TO_ESCAPE.sub(r"\\\\", text).replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """The string a ``map`` reads: a literal prefix, then generated variables joined by a separator."""
+
+    variables: tuple[str, ...]  # variable names without '$'
+    separator: str = ""
+    prefix: str = ""
+
+
+def nginx_map_source(source: MapSource) -> str:
+    """``"<prefix>$a<sep>$b"`` as one quoted argument; every piece is checked, none is taken as given."""
+    for literal in (source.prefix, source.separator):
+        if not _MAP_LITERAL.match(literal):
+            raise AssertionError(f"map source literal {literal!r} is not plain")
+    return '"' + source.prefix + source.separator.join(nginx_variable(v) for v in source.variables) + '"'
 
 
 def nginx_variable(name: str) -> str:

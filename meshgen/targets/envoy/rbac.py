@@ -35,11 +35,15 @@ import ipaddress
 import itertools
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from meshgen.address import PortName
 from meshgen.catalog import ANY_SEGMENT, HttpEndpoint
-from meshgen.errors import TargetError
-from meshgen.policy import ClientIdentity, Policy, PolicyRule
+from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Namespaces, Principals
+from meshgen.policy.model import Policy, PolicyRule
+from meshgen.targets.contract import Encoders, encode_identity
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -65,7 +69,7 @@ DEFAULT_DENY = "default-deny"
 _MODEL = "{model}"
 
 
-def rbac_filters(policy: Policy, *, port: str | None, dry_run: bool) -> list[dict[str, Any]]:
+def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
     """HTTP filter entries: DENY (only if it has entries), then ALLOW (always: no entry = deny all).
 
     ``port`` None: every Triton port, each entry pinned to its container port with a destination-port
@@ -81,7 +85,7 @@ def rbac_filters(policy: Policy, *, port: str | None, dry_run: bool) -> list[dic
     return filters
 
 
-def _filter(label: str, entries: list[dict[str, Any]], default: dict[str, Any], port: str | None,
+def _filter(label: str, entries: list[dict[str, Any]], default: dict[str, Any], port: PortName | None,
             dry_run: bool) -> dict[str, Any]:
     prefix = f"{label}-{port}." if port else f"{label}."
     matcher: dict[str, Any] = {}
@@ -103,7 +107,8 @@ def _action(name: str, action: str) -> dict[str, Any]:
     return {"action": {"name": ACTION_NAME, "typed_config": {"@type": ACTION_TYPE, "name": name, "action": action}}}
 
 
-def _entries(policy: Policy, rules: Iterable[PolicyRule], port: str | None, action: str) -> list[dict[str, Any]]:
+def _entries(policy: Policy, rules: Iterable[PolicyRule], port: PortName | None, action: str,
+             ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for rule in rules:
         groups = _groups(policy, rule, port)
@@ -111,12 +116,38 @@ def _entries(policy: Policy, rules: Iterable[PolicyRule], port: str | None, acti
             continue  # nothing on this port
         clients: list[tuple[str, list[dict[str, Any]]]] = (
             [("anyone", [])] if rule.clients is None
-            else [(client.name, _identity(client)) for client in rule.clients])
+            else [(client.name, identity_predicates(client)) for client in rule.clients])
         for client_name, identity in clients:
             on_match = _action(f"{rule.label}-from[{client_name}]", action)
             for group in groups:
                 entries.extend(group.entries(identity, on_match))
     return entries
+
+
+class TrieKey(Enum):
+    """How a per-model trie keys the raw :path at a literal prefix such as ``/v2/models/``."""
+
+    MODEL_THEN_SEGMENT = "prefix_match_map"  # model in the middle: key "<prefix><model>/"
+    MODEL_LAST = "exact_match_map"  # model is the last segment: key "<prefix><model>"
+    MODEL_LAST_QUERY = "prefix_match_map?"  # ... followed by a query: key "<prefix><model>?"
+
+    @property
+    def map_field(self) -> str:
+        return "exact_match_map" if self is TrieKey.MODEL_LAST else "prefix_match_map"
+
+
+@dataclass
+class _Trie:
+    gates: list[str] = field(default_factory=list)  # shape regexes (the model segment any [^/?]+)
+    keys: dict[str, None] = field(default_factory=dict)  # in first-seen order
+
+
+@dataclass
+class _RegexFallback:
+    """Per-model regexes behind one shape gate, for shapes a prefix cannot key (variable before the model)."""
+
+    literal: str  # literal prefix of the gate, checked first
+    regexes: dict[str, None] = field(default_factory=dict)
 
 
 class _Group:
@@ -128,10 +159,8 @@ class _Group:
             self.head.append(_single(_input(PORT_INPUT, PORT_INPUT_TYPE), {"exact": str(port_number)}))
         self.excluded = excluded
         self.static: list[dict[str, Any]] = []  # path predicates
-        # (gate regexes, map kind, key -> None) per per-model prefix, in first-seen order
-        self.tries: dict[tuple[str, str], tuple[list[str], dict[str, None]]] = {}
-        # gate regex -> (literal prefix of the gate, per-model regexes)
-        self.fallback: dict[str, tuple[str, dict[str, None]]] = {}
+        self.tries: dict[tuple[str, TrieKey], _Trie] = {}  # per literal prefix and key kind, first-seen order
+        self.fallback: dict[str, _RegexFallback] = {}  # gate regex -> its per-model regexes
 
     def add_static(self, predicate: dict[str, Any]) -> None:
         if predicate not in self.static:
@@ -146,26 +175,26 @@ class _Group:
         if any(s.startswith("{") for s in before):
             gate = "/" + "/".join(gate_segments) + QUERY
             literal = "/" + "".join(s + "/" for s in itertools.takewhile(lambda s: not s.startswith("{"), before))
-            _, keys = self.fallback.setdefault(gate, (literal, {}))
+            fallback = self.fallback.setdefault(gate, _RegexFallback(literal))
             for model in models:
-                keys["/" + "/".join(re.escape(model) if s == _MODEL else g
-                                    for s, g in zip(segments, gate_segments, strict=True)) + QUERY] = None
+                fallback.regexes["/" + "/".join(re.escape(model) if s == _MODEL else g
+                                                for s, g in zip(segments, gate_segments, strict=True)) + QUERY] = None
             return
         prefix = "/" + "".join(s + "/" for s in before)
-        if at < len(segments) - 1:  # model in the middle: key "<prefix><model>/"
-            self._trie(prefix, "prefix/", "/" + "/".join(gate_segments) + QUERY,
+        if at < len(segments) - 1:
+            self._trie(prefix, TrieKey.MODEL_THEN_SEGMENT, "/" + "/".join(gate_segments) + QUERY,
                        (prefix + model + "/" for model in models))
-        else:  # model last: exact "<prefix><model>", or "<prefix><model>?" before a query
-            self._trie(prefix, "exact", "/" + "/".join(gate_segments), (prefix + model for model in models))
-            self._trie(prefix, "prefix?", "/" + "/".join(gate_segments) + r"\?.*",
+        else:
+            self._trie(prefix, TrieKey.MODEL_LAST, "/" + "/".join(gate_segments), (prefix + model for model in models))
+            self._trie(prefix, TrieKey.MODEL_LAST_QUERY, "/" + "/".join(gate_segments) + r"\?.*",
                        (prefix + model + "?" for model in models))
 
-    def _trie(self, prefix: str, kind: str, gate: str, keys: Iterable[str]) -> None:
-        gates, table = self.tries.setdefault((prefix, kind), ([], {}))
-        if gate not in gates:
-            gates.append(gate)
+    def _trie(self, prefix: str, kind: TrieKey, gate: str, keys: Iterable[str]) -> None:
+        trie = self.tries.setdefault((prefix, kind), _Trie())
+        if gate not in trie.gates:
+            trie.gates.append(gate)
         for key in keys:
-            table[key] = None
+            trie.keys[key] = None
 
     def entries(self, identity: list[dict[str, Any]], on_match: dict[str, Any]) -> list[dict[str, Any]]:
         head = [*self.head, *identity]
@@ -179,18 +208,15 @@ class _Group:
         # start with that literal) comes right after :method, so a request for another endpoint
         # leaves the entry after one string compare instead of running the identity checks and
         # every gate regex.
-        for (prefix, kind), (gates, table) in self.tries.items():
-            gate = _any([_path({"safe_regex": _regex(g)}) for g in gates])
-            if kind == "exact":
-                tree = {"exact_match_map": {"map": dict.fromkeys(table, on_match)}}
-            else:
-                tree = {"prefix_match_map": {"map": dict.fromkeys(table, on_match)}}
+        for (prefix, kind), trie in self.tries.items():
+            gate = _any([_path({"safe_regex": _regex(g)}) for g in trie.gates])
+            tree = {kind.map_field: {"map": dict.fromkeys(trie.keys, on_match)}}
             result.append({"predicate": _all([*self._guarded(prefix), *identity, gate]),
                            "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}}})
-        for gate_regex, (literal, regexes) in self.fallback.items():
+        for gate_regex, fallback in self.fallback.items():
             nested = {"matcher_list": {"matchers": [
-                {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in regexes]}}
-            result.append({"predicate": _all([*self._guarded(literal), *identity,
+                {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in fallback.regexes]}}
+            result.append({"predicate": _all([*self._guarded(fallback.literal), *identity,
                                               _path({"safe_regex": _regex(gate_regex)})]),
                            "on_match": {"matcher": nested}})
         return result
@@ -200,10 +226,10 @@ class _Group:
         return [self.head[0], _path({"prefix": literal}), *self.head[1:]]
 
 
-def _groups(policy: Policy, rule: PolicyRule, port: str | None) -> list[_Group]:
-    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Group] = {}
+def _groups(policy: Policy, rule: PolicyRule, port: PortName | None) -> list[_Group]:
+    grouped: dict[tuple[PortName, tuple[str, ...], tuple[str, ...]], _Group] = {}
 
-    def group(port_name: str, methods: tuple[str, ...], excluded: tuple[str, ...]) -> _Group:
+    def group(port_name: PortName, methods: tuple[str, ...], excluded: tuple[str, ...]) -> _Group:
         key = (port_name, methods, excluded)
         if key not in grouped:
             grouped[key] = _Group(methods, policy.port(port_name) if port is None else None, excluded)
@@ -221,9 +247,10 @@ def _groups(policy: Policy, rule: PolicyRule, port: str | None) -> list[_Group]:
                 target.add_static(predicate)
     if rule.grpc and port in (None, "grpc"):
         target = group("grpc", (GRPC_METHOD,), ())
-        for method in rule.grpc:
+        for grpc_grant in rule.grpc:
+            assert grpc_grant.models is None, "per-model gRPC grants are withheld by the capability table"
             # gRPC paths carry no query: decide() compares the whole :path.
-            target.add_static(_path({"exact": method.path}))
+            target.add_static(_path({"exact": grpc_grant.method.path}))
     return list(grouped.values())
 
 
@@ -276,29 +303,44 @@ def _all(predicates: list[dict[str, Any]]) -> dict[str, Any]:
     return predicates[0] if len(predicates) == 1 else {"and_matcher": {"predicate": predicates}}
 
 
-def _identity(client: ClientIdentity) -> list[dict[str, Any]]:
-    """Predicates that all must hold for ``client`` (any value within one identity kind)."""
+def _principals(kind: Principals, client: ClientIdentity) -> list[dict[str, Any]]:
     uri_san = _input(URI_SAN_INPUT, URI_SAN_INPUT_TYPE)
-    kinds: list[dict[str, Any]] = []
-    if client.principals:
-        kinds.append(_any([_single(uri_san, {"exact": SPIFFE + p}) for p in client.principals]))
-    if client.namespaces:
-        # Istio identities are exactly spiffe://<td>/ns/<ns>/sa/<sa>; RE2 safe_regex is a full match.
-        kinds.append(_any([_single(uri_san, {"safe_regex": _regex(f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+")})
-                           for ns in client.namespaces]))
-    if client.ip_blocks:
-        # The direct peer address: X-Forwarded-For can't impersonate.
-        kinds.append({"single_predicate": {
-            "input": _input(SOURCE_IP_INPUT, SOURCE_IP_INPUT_TYPE),
-            "custom_match": {"name": IP_MATCHER, "typed_config": {
-                "@type": IP_MATCHER_TYPE, "cidr_ranges": [_cidr(block) for block in client.ip_blocks],
-                "stat_prefix": f"meshgen_{client.name.replace('-', '_')}_ip"}}}})
-    for name, value in client.headers:
-        # Exact, case-sensitive header values.
-        kinds.append(_header(name, {"exact": value}))
-    if not kinds:
-        raise TargetError(f"envoy: client {client.name!r} has no identity Envoy can check")
-    return kinds
+    return [_any([_single(uri_san, {"exact": SPIFFE + p}) for p in kind.values])]
+
+
+def _namespaces(kind: Namespaces, client: ClientIdentity) -> list[dict[str, Any]]:
+    # Istio identities are exactly spiffe://<td>/ns/<ns>/sa/<sa>; RE2 safe_regex is a full match.
+    uri_san = _input(URI_SAN_INPUT, URI_SAN_INPUT_TYPE)
+    return [_any([_single(uri_san, {"safe_regex": _regex(f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+")})
+                  for ns in kind.values])]
+
+
+def _ip_blocks(kind: IpBlocks, client: ClientIdentity) -> list[dict[str, Any]]:
+    # The direct peer address: X-Forwarded-For can't impersonate.
+    return [{"single_predicate": {
+        "input": _input(SOURCE_IP_INPUT, SOURCE_IP_INPUT_TYPE),
+        "custom_match": {"name": IP_MATCHER, "typed_config": {
+            "@type": IP_MATCHER_TYPE, "cidr_ranges": [_cidr(block) for block in kind.blocks],
+            "stat_prefix": f"meshgen_{client.name.replace('-', '_')}_ip"}}}}]
+
+
+def _headers(kind: Headers, client: ClientIdentity) -> list[dict[str, Any]]:
+    # Exact, case-sensitive header values.
+    return [_header(header.name, {"exact": header.value.value}) for header in kind.headers]
+
+
+# Identity kind -> its predicates (all must hold). A kind missing here must be refused by the capability table.
+ENCODERS: Encoders[list[dict[str, Any]]] = {
+    Principals: _principals,
+    Namespaces: _namespaces,
+    IpBlocks: _ip_blocks,
+    Headers: _headers,
+}
+
+
+def identity_predicates(client: ClientIdentity) -> list[dict[str, Any]]:
+    """Predicates that all must hold for ``client`` (any value within one identity kind)."""
+    return [predicate for predicates in encode_identity("envoy", client, ENCODERS) for predicate in predicates]
 
 
 def _cidr(block: str) -> dict[str, Any]:

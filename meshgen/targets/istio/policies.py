@@ -1,0 +1,192 @@
+"""Istio AuthorizationPolicy (DENY, then ALLOW) and PeerAuthentication documents for a lowered policy.
+
+Mirrors how istiod reads these resources (see docs/targets.md): each spec rule becomes Istio rules
+whose ``to`` operations carry the container port, the catalog's methods and exact paths or ``{*}``
+templates, and whose ``from``/``when`` carry the client identities. A client whose identity needs a
+``when`` condition (headers) gets an Istio rule of its own, because ``when`` applies to the whole rule,
+not to one ``from`` entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshgen.catalog import ANY_SEGMENT
+from meshgen.errors import TargetError
+from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Namespaces, Principals
+from meshgen.policy.model import Policy, PolicyRule
+from meshgen.render import load_yaml_all
+from meshgen.render import render as render_template
+from meshgen.targets.contract import Encoders, Rendered, Unencodable, encode_identity
+from meshgen.targets.istio import IstioOptions
+
+API_VERSION = "security.istio.io/v1"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "meshgen"}
+MAX_RULES = 512  # AuthorizationPolicy spec.rules maxItems in the Istio 1.30 CRD
+GRPC_METHOD = "POST"  # Istio matches gRPC by path; the HTTP/2 method is always POST
+DRY_RUN = {"istio.io/dry-run": "true"}
+
+
+@dataclass(frozen=True)
+class IstioMatch:
+    """What one identity kind contributes to an Istio rule: ``from.source`` fields, ``when`` conditions."""
+
+    source: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    when: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def _header_conditions(kind: Headers, client: ClientIdentity) -> IstioMatch:
+    for header in kind.headers:
+        value = header.value.value
+        if value.startswith("*") or value.endswith("*"):
+            raise Unencodable(
+                f"header {header.name!r}: Istio reads a leading or trailing '*' in a header value as a "
+                "wildcard, so this value cannot be matched exactly; choose another value"
+            )
+    return IstioMatch(when=tuple((f"request.headers[{h.name}]", (h.value.value,)) for h in kind.headers))
+
+
+# Identity kind -> its Istio encoding. A kind missing here must be refused by the capability table.
+ENCODERS: Encoders[IstioMatch] = {
+    Principals: lambda kind, client: IstioMatch(source=(("principals", kind.values),)),
+    Namespaces: lambda kind, client: IstioMatch(source=(("namespaces", kind.values),)),
+    IpBlocks: lambda kind, client: IstioMatch(source=(("ipBlocks", kind.blocks),)),
+    Headers: _header_conditions,
+}
+
+
+def render(policy: Policy, options: IstioOptions) -> Rendered:
+    context = build_context(policy, options.dry_run)
+    return Rendered(render_template("istio", "istio.yaml.j2", **context), documents(context))
+
+
+def parse_back(text: str) -> object:
+    return load_yaml_all(text)
+
+
+def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
+    annotations = dict(DRY_RUN) if dry_run else {}
+    policies = []
+    deny_rules = istio_rules(policy, policy.rules_for("deny"))
+    if deny_rules:
+        policies.append(
+            {"name": f"{policy.name}-deny", "action": "DENY", "rules": deny_rules, "annotations": annotations}
+        )
+    # Always present: an ALLOW policy with no rules allows nothing, which is the default-deny we want.
+    policies.append(
+        {
+            "name": f"{policy.name}-allow",
+            "action": "ALLOW",
+            "rules": istio_rules(policy, policy.rules_for("allow")),
+            "annotations": annotations,
+        }
+    )
+    return {
+        "api_version": API_VERSION,
+        "namespace": policy.namespace,
+        "labels": dict(MANAGED_BY),
+        "selector": dict(policy.selector),
+        "policies": policies,
+        "peer_authentication": {
+            "name": f"{policy.name}-mtls",
+            "mode": policy.mtls_mode,
+            "port_level_mtls": {str(item.port): {"mode": item.mode} for item in policy.port_mtls},
+        },
+    }
+
+
+def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The documents the template must lay out, as data (compared with the parsed output)."""
+    def metadata(name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": context["namespace"], "labels": context["labels"]}
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        return meta
+
+    selector = {"matchLabels": context["selector"]}
+    result = []
+    for item in context["policies"]:
+        spec: dict[str, Any] = {"selector": selector, "action": item["action"]}
+        if item["rules"]:
+            spec["rules"] = item["rules"]
+        result.append({"apiVersion": context["api_version"], "kind": "AuthorizationPolicy",
+                       "metadata": metadata(item["name"], item["annotations"]), "spec": spec})
+    peer = context["peer_authentication"]
+    peer_spec: dict[str, Any] = {"selector": selector, "mtls": {"mode": peer["mode"]}}
+    if peer["port_level_mtls"]:
+        peer_spec["portLevelMtls"] = peer["port_level_mtls"]
+    result.append({"apiVersion": context["api_version"], "kind": "PeerAuthentication",
+                   "metadata": metadata(peer["name"], {}), "spec": peer_spec})
+    return result
+
+
+def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    for rule in rules:
+        operations = _operations(policy, rule)
+        if not operations:
+            continue
+        for sources, conditions in _identity_groups(rule):
+            istio_rule: dict[str, Any] = {}
+            if sources:
+                istio_rule["from"] = [{"source": source} for source in sources]
+            istio_rule["to"] = operations
+            if conditions:
+                istio_rule["when"] = conditions
+            result.append(istio_rule)
+    if len(result) > MAX_RULES:
+        raise TargetError(
+            f"istio: the spec needs {len(result)} AuthorizationPolicy rules, more than Istio's limit of "
+            f"{MAX_RULES}; merge clients that share rules or use fewer header-identified clients"
+        )
+    return result
+
+
+def _operations(policy: Policy, rule: PolicyRule) -> list[dict[str, Any]]:
+    # Paths per (port, methods, excluded paths), deduplicated in first-seen order (dict keys).
+    grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], dict[str, None]] = {}
+    for grant in rule.http:
+        key = (str(policy.port(grant.endpoint.port)), grant.endpoint.methods, grant.excluded_paths)
+        paths = grouped.setdefault(key, {})
+        for pattern in grant.patterns:
+            paths[_istio_path(pattern)] = None
+    if rule.grpc:
+        grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())] = dict.fromkeys(g.method.path for g in rule.grpc)
+    operations = []
+    for (port, methods, excluded), unique_paths in grouped.items():
+        operation: dict[str, Any] = {"ports": [port], "methods": list(methods), "paths": list(unique_paths)}
+        if excluded:
+            operation["notPaths"] = list(excluded)
+        operations.append({"operation": operation})
+    return operations
+
+
+def _istio_path(pattern: tuple[str, ...]) -> str:
+    return "/" + "/".join("{*}" if segment == ANY_SEGMENT else segment for segment in pattern)
+
+
+def _identity_groups(rule: PolicyRule) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """(sources, when-conditions) per Istio rule needed to express the rule's clients."""
+    if rule.clients is None:
+        return [([], [])]
+    encoded = [(client, _encode(client)) for client in rule.clients]
+    groups: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+    shared = [source for _, (source, when) in encoded if not when]
+    if shared:
+        groups.append((shared, []))
+    for _, (source, when) in encoded:
+        if when:
+            groups.append(([source] if source else [], when))
+    return groups
+
+
+def _encode(client: ClientIdentity) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The client's ``from.source`` (its kinds AND within one source) and its ``when`` conditions."""
+    source: dict[str, Any] = {}
+    when: list[dict[str, Any]] = []
+    for match in encode_identity("istio", client, ENCODERS):
+        source.update((name, list(values)) for name, values in match.source)
+        when += [{"key": key, "values": list(values)} for key, values in match.when]
+    return source, when

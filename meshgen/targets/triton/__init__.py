@@ -1,0 +1,30 @@
+"""Triton target: launch flags for defence in depth behind the proxy (``meshgen triton``)."""
+
+from __future__ import annotations
+
+from meshgen.features import Feature
+from meshgen.targets.contract import Delegated, NoOptions, OutputFile, Refused, Target, table
+
+PROXY_CHECKS_IT = Delegated("Triton's flags restrict whole API categories; the proxy in front checks each client")
+PROXY_CHECKS_MODELS = Delegated("Triton's flags restrict whole API categories; the proxy in front checks models")
+
+
+class TritonTarget(Target[NoOptions]):
+    name = "triton"
+    summary = "Triton launch flags (restricted APIs, disabled endpoints, model control) that follow from the spec."
+    options_type = NoOptions
+    outputs = (OutputFile("triton-args.txt", NoOptions()),)
+    implementation = "meshgen.targets.triton.flags"
+    capability_table = table({
+        Feature.PRINCIPALS: PROXY_CHECKS_IT,
+        Feature.NAMESPACES: PROXY_CHECKS_IT,
+        Feature.IP_BLOCKS: PROXY_CHECKS_IT,
+        # Categories whose every grantee sends one common header are restricted to it (--*-restricted-*).
+        Feature.HEADERS: PROXY_CHECKS_IT,
+        Feature.PER_MODEL_HTTP: PROXY_CHECKS_MODELS,
+        Feature.PER_MODEL_GRPC: PROXY_CHECKS_MODELS,
+        Feature.DRY_RUN: Refused("Triton has no audit mode", "use the dry-run of the proxy targets"),
+    })
+
+
+TARGET = TritonTarget()
