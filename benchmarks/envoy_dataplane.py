@@ -30,10 +30,12 @@ def bench_config(spec: Path, *, rbac: bool, port: int, admin: int) -> dict[str, 
     from meshgen.spec import load_spec
     from tests.support.targets import envoy_output
 
-    text = envoy_output(compile_policy(load_spec(str(spec))), bootstrap=True,
-                          listen={"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{free_port()}",
-                                            "metrics": f"127.0.0.1:{free_port()}"},
-                          admin=f"127.0.0.1:{admin}")
+    text = envoy_output(
+        compile_policy(load_spec(str(spec))),
+        bootstrap=True,
+        listen={"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{free_port()}", "metrics": f"127.0.0.1:{free_port()}"},
+        admin=f"127.0.0.1:{admin}",
+    )
     config: dict[str, Any] = load_yaml(text)
     listener = config["static_resources"]["listeners"][0]
     assert listener["name"] == "triton_http"
@@ -51,9 +53,11 @@ class Envoy:
     """Envoy on one core (``--concurrency 1``), ready once its admin /ready answers."""
 
     def __init__(self, config: Path, admin: int) -> None:
-        self.process = subprocess.Popen([envoy_binary(), "-c", str(config), "--concurrency", "1",
-                                         "--disable-hot-restart", "--log-level", "error"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [envoy_binary(), "-c", str(config), "--concurrency", "1", "--disable-hot-restart", "--log-level", "error"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until_ready(self.process, lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), 60, f"envoy on {config}")
 
     def stop(self) -> None:
@@ -62,9 +66,26 @@ class Envoy:
 
 def h2load(url: str, body: Path, duration: float, log: Path) -> dict[str, float]:
     """req/s, p50 and p99 (ms) of one h2load run; latencies from its per-request log."""
-    out = subprocess.run(["h2load", "-c8", "-m16", "-D", str(max(1, round(duration))), "--warm-up-time", "1",
-                          "-d", str(body), "--log-file", str(log), url],
-                         capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    out = subprocess.run(
+        [
+            "h2load",
+            "-c8",
+            "-m16",
+            "-D",
+            str(max(1, round(duration))),
+            "--warm-up-time",
+            "1",
+            "-d",
+            str(body),
+            "--log-file",
+            str(log),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    ).stdout
     rps = 0.0
     for line in out.splitlines():
         if line.startswith("finished in"):
@@ -74,8 +95,11 @@ def h2load(url: str, body: Path, duration: float, log: Path) -> dict[str, float]
             if ok == 0:
                 raise RuntimeError(f"no 2xx responses from {url}: {out}")
     latencies = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.strip())
-    return {"rps": rps, "p50_ms": latencies[len(latencies) // 2] / 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000}
+    return {
+        "rps": rps,
+        "p50_ms": latencies[len(latencies) // 2] / 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
+    }
 
 
 def envoy_dataplane(sizes: list[int], duration: float, pairs: int = 3, clients: int = 10) -> list[dict[str, object]]:
@@ -97,15 +121,22 @@ def envoy_dataplane(sizes: list[int], duration: float, pairs: int = 3, clients: 
                     config.write_text(json.dumps(bench_config(spec, rbac=rbac, port=port, admin=admin)))
                     proxy = Envoy(config, admin)
                     try:
-                        results[rbac].append(h2load(f"http://127.0.0.1:{port}{path}", body, duration,
-                                                    directory / "h2load.log"))
+                        results[rbac].append(
+                            h2load(f"http://127.0.0.1:{port}{path}", body, duration, directory / "h2load.log")
+                        )
                     finally:
                         proxy.stop()
             ratios = [a["rps"] / b["rps"] for a, b in zip(results[True], results[False], strict=True)]
-            rows.append({"target": "envoy", "models": models, "ratio": statistics.median(ratios),
-                         "p50_ms": statistics.median(r["p50_ms"] for r in results[True]),
-                         "p99_ms": statistics.median(r["p99_ms"] for r in results[True]),
-                         "rps": statistics.median(r["rps"] for r in results[True]),
-                         "base_rps": statistics.median(r["rps"] for r in results[False]),
-                         "base_p50_ms": statistics.median(r["p50_ms"] for r in results[False])})
+            rows.append(
+                {
+                    "target": "envoy",
+                    "models": models,
+                    "ratio": statistics.median(ratios),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in results[True]),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in results[True]),
+                    "rps": statistics.median(r["rps"] for r in results[True]),
+                    "base_rps": statistics.median(r["rps"] for r in results[False]),
+                    "base_p50_ms": statistics.median(r["p50_ms"] for r in results[False]),
+                }
+            )
     return rows

@@ -75,11 +75,16 @@ rules:
 def _generated_config(models: int, prefix: Path, listen: int, backend: int) -> str:
     policy = compile_policy(load_spec_text(_spec(models).encode(), f"<bench-{models}>"))
     text = nginx_output(
-        policy, full=True, daemon=False, prefix=str(prefix),
-        listen={"http": f"127.0.0.1:{listen}", "grpc": f"127.0.0.1:{free_port()}",
-                          "metrics": f"127.0.0.1:{free_port()}"},
-        upstream={"http": f"127.0.0.1:{backend}", "grpc": f"127.0.0.1:{backend}",
-                            "metrics": f"127.0.0.1:{backend}"},
+        policy,
+        full=True,
+        daemon=False,
+        prefix=str(prefix),
+        listen={
+            "http": f"127.0.0.1:{listen}",
+            "grpc": f"127.0.0.1:{free_port()}",
+            "metrics": f"127.0.0.1:{free_port()}",
+        },
+        upstream={"http": f"127.0.0.1:{backend}", "grpc": f"127.0.0.1:{backend}", "metrics": f"127.0.0.1:{backend}"},
     )
     # Same process hosts the trivial backend; no access log on the measured path either (as the baseline).
     text = text.replace("    access_log " + str(prefix) + "/access.log;", "    access_log off;", 1)
@@ -91,12 +96,14 @@ class _Nginx:
     def __init__(self, config: str, prefix: Path, port: int) -> None:
         path = prefix / "nginx.conf"
         path.write_text(config, encoding="utf-8")
-        check = subprocess.run([NGINX, "-t", "-q", "-p", str(prefix), "-c", str(path)],
-                               capture_output=True, text=True, check=False)
+        check = subprocess.run(
+            [NGINX, "-t", "-q", "-p", str(prefix), "-c", str(path)], capture_output=True, text=True, check=False
+        )
         if check.returncode != 0:
             raise RuntimeError(check.stderr)
-        self.process = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(path)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until_ready(self.process, lambda: listening(port), 10, "nginx")
 
     def stop(self) -> None:
@@ -106,14 +113,28 @@ class _Nginx:
 def _wrk(port: int, path: str, duration: float) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) of one wrk run: 1 thread, 32 connections, POST with the client header."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.body = "{}"\n'
-                     f'wrk.headers["{CLIENT_HEADER[0]}"] = "{CLIENT_HEADER[1]}"\n'
-                     'wrk.headers["Content-Type"] = "application/json"\n')
+        script.write(
+            'wrk.method = "POST"\nwrk.body = "{}"\n'
+            f'wrk.headers["{CLIENT_HEADER[0]}"] = "{CLIENT_HEADER[1]}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
     try:
         result = subprocess.run(
-            [WRK, "-t1", "-c32", f"-d{max(duration, 1.0):.0f}s", "--latency", "-s", script.name,
-             f"http://127.0.0.1:{port}{path}"],
-            capture_output=True, text=True, check=True, timeout=duration + 30)
+            [
+                WRK,
+                "-t1",
+                "-c32",
+                f"-d{max(duration, 1.0):.0f}s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=duration + 30,
+        )
     finally:
         Path(script.name).unlink(missing_ok=True)
     out = result.stdout
@@ -139,8 +160,12 @@ def nginx_dataplane(sizes: list[int], duration: float) -> list[dict[str, object]
         prefix.chmod(0o755)
         try:
             listen, backend = free_port(), free_port()
-            temps = {"prefix": prefix, "listen": listen, "backend": backend,
-                     "backend_server": BACKEND.format(port=backend)}
+            temps = {
+                "prefix": prefix,
+                "listen": listen,
+                "backend": backend,
+                "backend_server": BACKEND.format(port=backend),
+            }
             configs = {"plain": PLAIN.format(**temps), "generated": _generated_config(models, prefix, listen, backend)}
             runs: dict[str, list[tuple[float, float, float]]] = {"plain": [], "generated": []}
             for _ in range(ROUNDS):
@@ -153,14 +178,16 @@ def nginx_dataplane(sizes: list[int], duration: float) -> list[dict[str, object]
                         server.stop()
             plain_rps = statistics.median(r[0] for r in runs["plain"])
             generated_rps = statistics.median(r[0] for r in runs["generated"])
-            rows.append({
-                "target": "nginx",
-                "models": models,
-                "ratio": round(generated_rps / plain_rps, 3),
-                "p50_ms": round(statistics.median(r[1] for r in runs["generated"]), 3),
-                "p99_ms": round(statistics.median(r[2] for r in runs["generated"]), 3),
-                "rps": round(generated_rps),
-            })
+            rows.append(
+                {
+                    "target": "nginx",
+                    "models": models,
+                    "ratio": round(generated_rps / plain_rps, 3),
+                    "p50_ms": round(statistics.median(r[1] for r in runs["generated"]), 3),
+                    "p99_ms": round(statistics.median(r[2] for r in runs["generated"]), 3),
+                    "rps": round(generated_rps),
+                }
+            )
         finally:
             shutil.rmtree(prefix, ignore_errors=True)
     return rows

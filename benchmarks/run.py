@@ -59,8 +59,13 @@ def compile_rows(directory: Path, sizes: list[int], clients: list[int]) -> list[
             spec = write_spec(directory, models, count, mtls=False)
             row: Row = {"models": models, "clients": count}
             for target in TARGETS:
-                result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_worker.py"), str(spec),
-                                         target], capture_output=True, text=True, check=True, cwd=ROOT)
+                result = subprocess.run(
+                    [sys.executable, str(ROOT / "benchmarks" / "compile_worker.py"), str(spec), target],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                )
                 data = json.loads(result.stdout)
                 row[f"{target}_s"] = data["seconds"]
                 row[f"{target}_kb"] = data["bytes"] / 1024
@@ -86,11 +91,24 @@ def validate_rows(directory: Path, models: int, clients: int) -> list[Row]:
     spec = write_spec(directory, models, clients, mtls=False)
     rows: list[Row] = []
     config = directory / "validate-envoy.yaml"
-    subprocess.run([sys.executable, "-m", "meshgen", "envoy", "--bootstrap", str(spec), "-o", str(config)],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "meshgen", "envoy", "--bootstrap", str(spec), "-o", str(config)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     seconds, rss, code = timed([envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"])
-    rows.append({"tool": "envoy --mode validate", "models": models, "clients": clients, "seconds": seconds,
-                 "rss_mb": rss, "ok": code == 0, "mb": config.stat().st_size / 2**20})
+    rows.append(
+        {
+            "tool": "envoy --mode validate",
+            "models": models,
+            "clients": clients,
+            "seconds": seconds,
+            "rss_mb": rss,
+            "ok": code == 0,
+            "mb": config.stat().st_size / 2**20,
+        }
+    )
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         rows.append({"tool": "nginx -t", "note": "nginx not installed"})
@@ -98,8 +116,12 @@ def validate_rows(directory: Path, models: int, clients: int) -> list[Row]:
     prefix = directory / "nginx-prefix"
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = directory / "validate-nginx.conf"
-    made = subprocess.run([sys.executable, "-m", "meshgen", "nginx", "--full", "--prefix", str(prefix), str(spec),
-                           "-o", str(conf)], cwd=ROOT, capture_output=True, text=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "meshgen", "nginx", "--full", "--prefix", str(prefix), str(spec), "-o", str(conf)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if made.returncode != 0:
         rows.append({"tool": "nginx -t", "note": f"meshgen nginx --full failed: {made.stderr.strip()[:120]}"})
         return rows
@@ -108,8 +130,18 @@ def validate_rows(directory: Path, models: int, clients: int) -> list[Row]:
     if code != 0:
         check = subprocess.run([nginx, "-t", "-q", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True)
         note = (check.stderr.strip().splitlines() or [""])[0][-160:]
-    rows.append({"tool": "nginx -t", "models": models, "clients": clients, "seconds": seconds, "rss_mb": rss,
-                 "ok": code == 0, "mb": conf.stat().st_size / 2**20, "note": note})
+    rows.append(
+        {
+            "tool": "nginx -t",
+            "models": models,
+            "clients": clients,
+            "seconds": seconds,
+            "rss_mb": rss,
+            "ok": code == 0,
+            "mb": conf.stat().st_size / 2**20,
+            "note": note,
+        }
+    )
     return rows
 
 
@@ -151,25 +183,57 @@ def main() -> int:
         sizes, clients, dp_sizes, duration, pairs, runs, largest = [10, 30], [3], [10], 1.0, 1, 3, (30, 3)
     else:
         sizes, clients, dp_sizes, duration, pairs, runs, largest = (
-            [10, 100, 1000, 5000], [10, 100], [10, 100, 1000], 5.0, 3, 15, (5000, 100))
-    sections: list[str] = [f"# meshgen benchmarks ({'smoke' if args.smoke else 'full'}) "
-                           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, {os.uname().machine}"]
+            [10, 100, 1000, 5000],
+            [10, 100],
+            [10, 100, 1000],
+            5.0,
+            3,
+            15,
+            (5000, 100),
+        )
+    sections: list[str] = [
+        f"# meshgen benchmarks ({'smoke' if args.smoke else 'full'}) "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs, {os.uname().machine}"
+    ]
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="meshgen-bench-") as temp:
         directory = Path(temp)
         compile_ = compile_rows(directory, sizes, clients)
-        sections.append(table("Compile (seconds per fresh process incl. import; KB of output; `all` via the CLI)",
-                              compile_, ["models", "clients", *[f"{t}_s" for t in TARGETS], "all_s", "all_rss_mb",
-                                         "all_ok", *[f"{t}_kb" for t in TARGETS]]))
-        sections.append(table("CLI start-up (median wall seconds)", [startup_row(runs)],
-                              ["typer_s", "meshgen_s", "ratio"]))
+        sections.append(
+            table(
+                "Compile (seconds per fresh process incl. import; KB of output; `all` via the CLI)",
+                compile_,
+                [
+                    "models",
+                    "clients",
+                    *[f"{t}_s" for t in TARGETS],
+                    "all_s",
+                    "all_rss_mb",
+                    "all_ok",
+                    *[f"{t}_kb" for t in TARGETS],
+                ],
+            )
+        )
+        sections.append(
+            table("CLI start-up (median wall seconds)", [startup_row(runs)], ["typer_s", "meshgen_s", "ratio"])
+        )
         if not args.skip_dataplane:
             rows, more = dataplane_rows(dp_sizes, duration, pairs)
             notes += more
-            sections.append(table("Data plane (ratio = req/s with policy / without; h2c, --concurrency 1)", rows,
-                                  ["target", "models", "ratio", "p50_ms", "p99_ms", "rps", "base_rps", "note"]))
-        sections.append(table("Validate the largest config", validate_rows(directory, *largest),
-                              ["tool", "models", "clients", "mb", "seconds", "rss_mb", "ok", "note"]))
+            sections.append(
+                table(
+                    "Data plane (ratio = req/s with policy / without; h2c, --concurrency 1)",
+                    rows,
+                    ["target", "models", "ratio", "p50_ms", "p99_ms", "rps", "base_rps", "note"],
+                )
+            )
+        sections.append(
+            table(
+                "Validate the largest config",
+                validate_rows(directory, *largest),
+                ["tool", "models", "clients", "mb", "seconds", "rss_mb", "ok", "note"],
+            )
+        )
     if notes:
         sections.append("\n".join(f"note: {note}" for note in notes))
     print("\n\n".join(sections))

@@ -14,8 +14,28 @@ LOOPBACK_CLIENT = "client-0"  # allowed from 127.0.0.0/8: the data-plane benchma
 def model_names(count: int, seed: int = 7) -> list[str]:
     """Realistic, random-looking names (no shared sequential prefix) so tries and regexes see real data."""
     rng = random.Random(seed)
-    words = ["resnet", "bert", "llama", "fraud", "churn", "ranker", "ocr", "asr", "tts", "embed", "yolo",
-             "clip", "t5", "gpt", "vit", "detr", "whisper", "mistral", "phi", "gemma"]
+    words = [
+        "resnet",
+        "bert",
+        "llama",
+        "fraud",
+        "churn",
+        "ranker",
+        "ocr",
+        "asr",
+        "tts",
+        "embed",
+        "yolo",
+        "clip",
+        "t5",
+        "gpt",
+        "vit",
+        "detr",
+        "whisper",
+        "mistral",
+        "phi",
+        "gemma",
+    ]
     names: set[str] = set()
     while len(names) < count:
         names.add(f"{rng.choice(words)}-{rng.randrange(16**6):06x}.v{rng.randrange(1, 9)}")
@@ -44,8 +64,10 @@ def make_spec(models: int, clients: int, *, mtls: bool = True) -> dict[str, Any]
         elif kind == 2:
             spec_clients[name] = {"ipBlocks": [f"10.{index // 250}.{index % 250}.0/24"]}
         else:
-            spec_clients[name] = {"headers": {"x-tenant-token": f"token-{index:04d}"},
-                                  "ipBlocks": [f"10.200.{index % 250}.0/24"]}
+            spec_clients[name] = {
+                "headers": {"x-tenant-token": f"token-{index:04d}"},
+                "ipBlocks": [f"10.200.{index % 250}.0/24"],
+            }
     rules: list[dict[str, Any]] = [
         {"allow": ["health"], "from": "anyone"},
         {"allow": ["inference", "metadata"], "models": names, "from": [LOOPBACK_CLIENT]},
@@ -71,8 +93,11 @@ def make_spec(models: int, clients: int, *, mtls: bool = True) -> dict[str, Any]
         },
     }
     if mtls:
-        spec["standalone"]["tls"] = {"cert": "/etc/meshgen/tls.crt", "key": "/etc/meshgen/tls.key",
-                                     "clientCA": "/etc/meshgen/ca.crt"}
+        spec["standalone"]["tls"] = {
+            "cert": "/etc/meshgen/tls.crt",
+            "key": "/etc/meshgen/tls.key",
+            "clientCA": "/etc/meshgen/ca.crt",
+        }
     return spec
 
 

@@ -77,5 +77,6 @@ class PortAddresses(PerPort[Address | None]):
     metrics: Address | None = None
 
     def overridden_by(self, overrides: PortAddresses) -> PortAddresses:
-        return PortAddresses(overrides.http or self.http, overrides.grpc or self.grpc,
-                             overrides.metrics or self.metrics)
+        return PortAddresses(
+            overrides.http or self.http, overrides.grpc or self.grpc, overrides.metrics or self.metrics
+        )

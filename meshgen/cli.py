@@ -116,26 +116,45 @@ def _option_field(name: str, option: CliOption) -> _OptionField:
     if isinstance(option, PortAddressFlags):
         # One flag per Triton port: --listen-http, --listen-grpc, ...
         flags = [(f"{option.prefix}_{port}", f"--{option.prefix}-{port}", port) for port in PORT_NAMES]
-        parameters = tuple(_parameter(key, str | None, None, flag, option.help.format(port=port), "ADDR")
-                           for key, flag, port in flags)
-        return _OptionField(name, parameters, lambda values: PortAddresses(
-            *(_address(flag, values[key]) for key, flag, _ in flags)))
+        parameters = tuple(
+            _parameter(key, str | None, None, flag, option.help.format(port=port), "ADDR") for key, flag, port in flags
+        )
+        return _OptionField(
+            name, parameters, lambda values: PortAddresses(*(_address(flag, values[key]) for key, flag, _ in flags))
+        )
     match option.kind:
         case ValueKind.SWITCH:
-            return _OptionField(name, (_parameter(name, bool, False, option.name, option.help),),
-                                lambda values: values[name])
+            return _OptionField(
+                name, (_parameter(name, bool, False, option.name, option.help),), lambda values: values[name]
+            )
         case ValueKind.ADDRESS:
-            return _OptionField(name, (_parameter(name, str | None, None, option.name, option.help, "ADDR"),),
-                                lambda values: _address(option.name, values[name]))
+            return _OptionField(
+                name,
+                (_parameter(name, str | None, None, option.name, option.help, "ADDR"),),
+                lambda values: _address(option.name, values[name]),
+            )
         case ValueKind.DIRECTORY:
-            return _OptionField(name, (_parameter(name, str | None, None, option.name, option.help, "DIR"),),
-                                lambda values: values[name])
+            return _OptionField(
+                name,
+                (_parameter(name, str | None, None, option.name, option.help, "DIR"),),
+                lambda values: values[name],
+            )
 
 
-def _parameter(name: str, annotation: Any, default: Any, flag: str, help: str, metavar: str | None = None,
-               ) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(default, flag, help=help, metavar=metavar))
+def _parameter(
+    name: str,
+    annotation: Any,
+    default: Any,
+    flag: str,
+    help: str,
+    metavar: str | None = None,
+) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
+        default=typer.Option(default, flag, help=help, metavar=metavar),
+    )
 
 
 def _register(target: Target[Any]) -> None:
@@ -153,11 +172,11 @@ def _register(target: Target[Any]) -> None:
             write_output(generated.text, output)
 
     spec_parameter = inspect.Parameter("spec", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=SpecArg)
-    output_parameter = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=OutputOpt,
-                                         default=None)
+    output_parameter = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=OutputOpt, default=None)
     # Typer reads the command's parameters from its signature.
     command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [spec_parameter, output_parameter, *(p for field in fields for p in field.parameters)])
+        [spec_parameter, output_parameter, *(p for field in fields for p in field.parameters)]
+    )
     command.__annotations__ = {}
     app.command(name=target.name, help=target.summary)(command)
 

@@ -75,17 +75,24 @@ def _admin_to_address_only(loaded: LoadedSpec) -> Iterator[Finding]:
                 )
 
 
-MG103 = ("client {client!r} header {header!r} is a literal secret in the spec; "
-         "use {{env: VARIABLE}} and keep the value out of version control")
+MG103 = (
+    "client {client!r} header {header!r} is a literal secret in the spec; "
+    "use {{env: VARIABLE}} and keep the value out of version control"
+)
 
 
 def _literal_secrets(loaded: LoadedSpec) -> Iterator[Finding]:
     for name, client in loaded.spec.clients.items():
         resolved = client_identity(loaded, name, client).headers
-        literal = [written for written, header in zip(client.headers or {}, resolved, strict=True)
-                   if header.value.env is None]
-        yield from (Finding("MG103", MG103.format(client=name, header=header),
-                            loaded.location("clients", name, "headers", header)) for header in literal)
+        literal = [
+            written for written, header in zip(client.headers or {}, resolved, strict=True) if header.value.env is None
+        ]
+        yield from (
+            Finding(
+                "MG103", MG103.format(client=name, header=header), loaded.location("clients", name, "headers", header)
+            )
+            for header in literal
+        )
 
 
 def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:

@@ -80,8 +80,10 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return node.value
     if kind is yaml.SequenceNode and node.tag == _SEQUENCE_TAG:
         return [_construct(loader, item) for item in node.value]
-    if kind is yaml.MappingNode and node.tag == _MAP_TAG and all(
-        type(key) is yaml.ScalarNode and key.tag == _STR_TAG for key, _ in node.value
+    if (
+        kind is yaml.MappingNode
+        and node.tag == _MAP_TAG
+        and all(type(key) is yaml.ScalarNode and key.tag == _STR_TAG for key, _ in node.value)
     ):
         return {key.value: _construct(loader, value) for key, value in node.value}
     return loader.construct_document(node)

@@ -639,9 +639,7 @@ def validate_policy(policy: Policy) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _field_matches(
-    key: str, raw: Sequence[str], table: Mapping[str, ValueMatcher], subject: _Subject
-) -> bool:
+def _field_matches(key: str, raw: Sequence[str], table: Mapping[str, ValueMatcher], subject: _Subject) -> bool:
     if not raw:
         return True  # an empty repeated field is the same as an absent one in proto3
     base, negated = _split_negation(key)

@@ -265,8 +265,7 @@ def _label_key_errors(key: str, where: str) -> Errors:
         errors.append(f"{where}: key prefix {prefix!r} must be a DNS-1123 subdomain of at most 253 chars")
     if len(name) > 63 or not _QUALIFIED_NAME_RE.fullmatch(name):
         errors.append(
-            f"{where}: key name {name!r} must be 1-63 chars of [A-Za-z0-9-_.], "
-            "starting and ending with an alphanumeric"
+            f"{where}: key name {name!r} must be 1-63 chars of [A-Za-z0-9-_.], starting and ending with an alphanumeric"
         )
     return errors
 
@@ -290,9 +289,7 @@ def _metadata_errors(metadata: Any) -> Errors:
         errors.append(f"metadata.name: {name!r} must be a lowercase DNS-1123 subdomain of at most 253 chars")
     namespace = metadata.get("namespace")
     if isinstance(namespace, str) and (len(namespace) > 63 or not _DNS1123_LABEL_RE.fullmatch(namespace)):
-        errors.append(
-            f"metadata.namespace: {namespace!r} must be a lowercase DNS-1123 label of at most 63 chars"
-        )
+        errors.append(f"metadata.namespace: {namespace!r} must be a lowercase DNS-1123 label of at most 63 chars")
     for field in ("labels", "annotations"):
         entries = metadata.get(field)
         for key, value in entries.items() if isinstance(entries, Mapping) else ():
@@ -500,13 +497,9 @@ def _path_template_error(path: str) -> str | None:
             seen_match_any = segment == _MATCH_ANY
             continue
         if "{" in segment or "}" in segment:
-            return (
-                f"invalid or unsupported path {path}: Contains '{{' or '}}' beyond a supported path template"
-            )
+            return f"invalid or unsupported path {path}: Contains '{{' or '}}' beyond a supported path template"
         if has_template and not _PATH_LITERAL_RE.fullmatch(segment):
-            return (
-                f"invalid or unsupported path {path}: Contains segment {segment} with invalid string literal"
-            )
+            return f"invalid or unsupported path {path}: Contains segment {segment} with invalid string literal"
     return None
 
 
@@ -535,9 +528,7 @@ def _empty_string_errors(value: Any, path: str) -> Errors:
         return [f"{path}: empty value not allowed"] if value == "" else []
     if isinstance(value, Mapping):
         return [err for key, child in value.items() for err in _empty_string_errors(child, f"{path}.{key}")]
-    return [
-        err for i, child in enumerate(_items(value)) for err in _empty_string_errors(child, f"{path}[{i}]")
-    ]
+    return [err for i, child in enumerate(_items(value)) for err in _empty_string_errors(child, f"{path}[{i}]")]
 
 
 # --- when conditions (security.ValidateAttribute) ---------------------------------------------

@@ -66,8 +66,9 @@ def test_deny_filter_comes_first_and_only_when_needed() -> None:
     filters = _filters(_policy(load_case("headers-and-ips")))
     # The DENY filter passes what no deny entry matches; the ALLOW filter denies it.
     assert [_default(f) for f in filters] == ["ALLOW", "DENY"]
-    assert {e["on_match"]["action"]["typed_config"]["action"] for e in _entries(filters[0])
-            if "action" in e["on_match"]} == {"DENY"}
+    assert {
+        e["on_match"]["action"]["typed_config"]["action"] for e in _entries(filters[0]) if "action" in e["on_match"]
+    } == {"DENY"}
     prefixes = {f["typed_config"]["rules_stat_prefix"] for f in filters}
     assert len(prefixes) == 2
     without_deny = _filters(_policy(load_case("identity-kinds")))
@@ -98,8 +99,12 @@ def test_excluded_stats_path_uses_not_matcher() -> None:
 def test_per_model_grants_are_a_trie_behind_a_shape_gate() -> None:
     filters = _filters(_policy(load_case("per-model")))
     tries = [e for e in _entries(filters[-1]) if "matcher" in e["on_match"]]
-    keys = {key for e in tries for kind in ("prefix_match_map", "exact_match_map")
-            for key in e["on_match"]["matcher"]["matcher_tree"].get(kind, {}).get("map", {})}
+    keys = {
+        key
+        for e in tries
+        for kind in ("prefix_match_map", "exact_match_map")
+        for key in e["on_match"]["matcher"]["matcher_tree"].get(kind, {}).get("map", {})
+    }
     assert {"/v2/models/fraud-detect/", "/v2/models/churn.v2", "/v2/models/churn.v2?"} <= keys
     # No regex ever lists model names: the RE2 program size does not grow with the models.
     regexes = [line for line in yaml.safe_dump(filters).splitlines() if "regex:" in line]
@@ -133,8 +138,12 @@ def test_bootstrap_needs_addresses() -> None:
         envoy_output(_policy(load_spec_text(NO_STANDALONE, "s.yaml", {})), bootstrap=True)
     ports = {"http": "127.0.0.1:1", "grpc": "127.0.0.1:2", "metrics": "127.0.0.1:3"}
     with pytest.raises(TargetError, match=r"no upstream address for the grpc port.*--upstream-grpc"):
-        envoy_output(_policy(load_spec_text(NO_STANDALONE, "s.yaml", {})), bootstrap=True, listen=ports,
-                     upstream={"http": "127.0.0.1:4"})
+        envoy_output(
+            _policy(load_spec_text(NO_STANDALONE, "s.yaml", {})),
+            bootstrap=True,
+            listen=ports,
+            upstream={"http": "127.0.0.1:4"},
+        )
 
 
 def test_admin_only_when_asked() -> None:
@@ -161,11 +170,11 @@ def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool 
     if _needs_mtls(policy):
         assert ca is not None
         server = ca.issue("envoy", server=True)
-        policy = _policy(_with_tls(loaded, Tls(cert=str(server.cert), key=str(server.key),
-                                               clientCA=str(ca.ca.cert))))
+        policy = _policy(_with_tls(loaded, Tls(cert=str(server.cert), key=str(server.key), clientCA=str(ca.ca.cert))))
     addresses = {port: f"127.0.0.1:{free_port()}" for port in ("http", "grpc", "metrics")}
-    text = envoy_output(policy, bootstrap=True, listen=addresses, upstream=addresses,
-                          admin=f"127.0.0.1:{free_port()}", dry_run=dry_run)
+    text = envoy_output(
+        policy, bootstrap=True, listen=addresses, upstream=addresses, admin=f"127.0.0.1:{free_port()}", dry_run=dry_run
+    )
     path = directory / f"{case}{'-dry-run' if dry_run else ''}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -186,9 +195,16 @@ def test_bootstrap_passes_envoy_validate(case: str, dry_run: bool, tmp_path: Pat
 
 
 @pytest.mark.envoy
-@pytest.mark.parametrize("case", [c for c in golden_cases() if load_case(c).spec.standalone is not None
-                                  and load_case(c).spec.standalone.tls is None  # type: ignore[union-attr]
-                                  and not _needs_mtls(_policy(load_case(c)))])
+@pytest.mark.parametrize(
+    "case",
+    [
+        c
+        for c in golden_cases()
+        if load_case(c).spec.standalone is not None
+        and load_case(c).spec.standalone.tls is None  # type: ignore[union-attr]
+        and not _needs_mtls(_policy(load_case(c)))
+    ],
+)
 def test_golden_bootstrap_passes_envoy_validate(case: str) -> None:
     from tests.support.goldens import GOLDEN_DIR
 

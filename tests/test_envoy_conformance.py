@@ -51,7 +51,8 @@ class RunningCase:
         assert self.ca is not None
         if principal not in self.client_certs:
             self.client_certs[principal] = self.ca.issue(
-                "client", uri=f"spiffe://{principal}" if principal is not None else None)
+                "client", uri=f"spiffe://{principal}" if principal is not None else None
+            )
         return self.client_certs[principal]
 
 
@@ -82,10 +83,12 @@ def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) ->
         upstream = {"http": backend.http_port, "grpc": backend.grpc_port, "metrics": backend.http_port}
         admin_port = free_port()
         text = envoy_output(
-            compile_policy(LoadedSpec(spec, loaded.source)), bootstrap=True,
+            compile_policy(LoadedSpec(spec, loaded.source)),
+            bootstrap=True,
             listen={p: f"127.0.0.1:{listen[p]}" for p in PORTS},
             upstream={p: f"127.0.0.1:{upstream[p]}" for p in PORTS},
-            admin=f"127.0.0.1:{admin_port}", dry_run=dry_run,
+            admin=f"127.0.0.1:{admin_port}",
+            dry_run=dry_run,
         )
         config = directory / "envoy.yaml"
         config.write_text(text, encoding="utf-8")
@@ -120,8 +123,13 @@ class HttpClient:
         source = (self._identity.source_ip or LOOPBACK_OUTSIDER_IP, 0)
         port = self._case.listen[self._port]
         if self._case.ca is not None:
-            return http.client.HTTPSConnection("127.0.0.1", port, source_address=source, timeout=10,
-                                               context=_ssl_context(self._case, self._identity.principal))
+            return http.client.HTTPSConnection(
+                "127.0.0.1",
+                port,
+                source_address=source,
+                timeout=10,
+                context=_ssl_context(self._case, self._identity.principal),
+            )
         return http.client.HTTPConnection("127.0.0.1", port, source_address=source, timeout=10)
 
     def send(self, method: str, path: str, headers: dict[str, str] | None = None) -> int:
@@ -158,7 +166,8 @@ class GrpcClient:
         if case.ca is not None:
             cert = case.cert_for(identity.principal)
             credentials = grpc.ssl_channel_credentials(
-                case.ca.ca.cert.read_bytes(), cert.key.read_bytes(), cert.cert.read_bytes())
+                case.ca.ca.cert.read_bytes(), cert.key.read_bytes(), cert.cert.read_bytes()
+            )
             self.channel = grpc.secure_channel(target, credentials)
         else:
             self.channel = grpc.insecure_channel(target)
@@ -213,8 +222,10 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
     return Observed(mismatches, allowed)
 
 
-def _run_matrix(running: RunningCase, matrix: Iterable[tuple[str, Request]] | None = None,
-                ) -> tuple[int, Counter[str], list[str]]:
+def _run_matrix(
+    running: RunningCase,
+    matrix: Iterable[tuple[str, Request]] | None = None,
+) -> tuple[int, Counter[str], list[str]]:
     """(requests sent, allowed per protocol, mismatches with decide()) for ``matrix`` (default: the
     case's full matrix)."""
     # Identity holds a headers dict (unhashable): group by its parts, one connection set per identity.
@@ -224,12 +235,15 @@ def _run_matrix(running: RunningCase, matrix: Iterable[tuple[str, Request]] | No
         by_identity[(who.principal, who.source_ip, tuple(who.headers.items()))].append((label, request))
     total = sum(len(requests) for requests in by_identity.values())
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda requests: _observe(running, requests[0][1].identity, requests),
-                                by_identity.values()))
+        results = list(
+            pool.map(lambda requests: _observe(running, requests[0][1].identity, requests), by_identity.values())
+        )
     mismatches = [m for result in results for m in result.mismatches]
     allowed = sum((result.allowed for result in results), Counter[str]())
-    print(f"envoy matrix: {total} requests, {len(by_identity)} identities, allowed {dict(allowed)}, "
-          f"{len(mismatches)} mismatches")
+    print(
+        f"envoy matrix: {total} requests, {len(by_identity)} identities, allowed {dict(allowed)}, "
+        f"{len(mismatches)} mismatches"
+    )
     return total, allowed, mismatches
 
 
@@ -237,8 +251,7 @@ def test_matrix_matches_decide(running: RunningCase) -> None:
     total, allowed, mismatches = _run_matrix(running)
     if any(rule.action == "allow" for rule in running.spec.rules):
         assert allowed, "nothing was allowed at all: the matrix would not notice a deny-everything proxy"
-    assert not mismatches, f"{len(mismatches)} of {total} requests differ from decide():\n" + "\n".join(
-        mismatches[:20])
+    assert not mismatches, f"{len(mismatches)} of {total} requests differ from decide():\n" + "\n".join(mismatches[:20])
 
 
 # Bypass probes on headers-and-ips (addresses and headers: no TLS in the way of raw paths).
@@ -283,8 +296,12 @@ PROBES: list[tuple[str, str, str, dict[str, str]]] = [
     (ADMIN_IP, "POST", "/v2/repository/models/simple/load?x=1", {**ADMIN_HEADERS}),
 ]
 # Denied endpoints in the backend's canonical form: none of them may ever arrive there.
-DENIED_AT_BACKEND = ("/v2/repository/index", "/v2/models/other/infer", "/v2/models/simple/infer",
-                     "/v2/repository/models/simple/load")
+DENIED_AT_BACKEND = (
+    "/v2/repository/index",
+    "/v2/models/other/infer",
+    "/v2/models/simple/infer",
+    "/v2/repository/models/simple/load",
+)
 
 
 @pytest.mark.parametrize("running", ["headers-and-ips"], indirect=True)
@@ -301,8 +318,9 @@ def test_bypass_probes_never_reach_denied_endpoints(running: RunningCase) -> Non
         with lock:
             statuses.append((status, method, path, source_ip))
     leaked = running.backend.http_seen[before:]
-    reached = [entry for entry in leaked
-               if entry.split(" ", 1)[1].split("?", 1)[0].split("#", 1)[0] in DENIED_AT_BACKEND]
+    reached = [
+        entry for entry in leaked if entry.split(" ", 1)[1].split("?", 1)[0].split("#", 1)[0] in DENIED_AT_BACKEND
+    ]
     allowed = [entry for entry in statuses if 200 <= entry[0] < 300]
     print("probe statuses:", statuses, "backend saw:", leaked)
     assert not reached and not allowed, f"reached backend: {leaked}\nstatuses: {statuses}"
@@ -312,7 +330,8 @@ def test_dry_run_denies_nothing_and_the_matrix_notices(tmp_path: Path) -> None:
     """Negative control: shadow rules never deny, so every request decide() denies is a mismatch."""
     with start_case("headers-and-ips", tmp_path, dry_run=True) as running:
         total, allowed, mismatches = _run_matrix(running)
-    denied = sum(not decide(running.spec, request).allowed for _, request in full_matrix(
-        running.spec, LOOPBACK_OUTSIDER_IP))
+    denied = sum(
+        not decide(running.spec, request).allowed for _, request in full_matrix(running.spec, LOOPBACK_OUTSIDER_IP)
+    )
     assert sum(allowed.values()) == total
     assert len(mismatches) == denied > 0

@@ -126,9 +126,7 @@ def istio_agrees(loaded: LoadedSpec) -> None:
 def envoy_valid(loaded: LoadedSpec) -> None:
     policy = compile_policy(loaded)
     try:
-        text = envoy_output(
-            policy, bootstrap=True, listen={}, upstream={}, admin=None, dry_run=False
-        )
+        text = envoy_output(policy, bootstrap=True, listen={}, upstream={}, admin=None, dry_run=False)
     except TargetError:
         return  # e.g. principals without standalone.tls: refused, never widened
     with tempfile.TemporaryDirectory() as directory:

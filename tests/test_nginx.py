@@ -112,22 +112,28 @@ def test_full_config_parses_with_crossplane(case: str, tmp_path: Path) -> None:
                 # Plain map keys compare case-insensitively: only default, 0/1 flag strings and regexes,
                 # and model names in the spelling maps, whose value a case-sensitive guard compares.
                 if spelling:
-                    assert key.startswith(nginx_flags.MODEL_KEY_PREFIX) and \
-                        key[len(nginx_flags.MODEL_KEY_PREFIX):] == entry["args"][0].split("/")[0].lower(), entry
+                    assert (
+                        key.startswith(nginx_flags.MODEL_KEY_PREFIX)
+                        and key[len(nginx_flags.MODEL_KEY_PREFIX) :] == entry["args"][0].split("/")[0].lower()
+                    ), entry
                     continue
                 assert key == "default" or set(key) <= {"0", "1"} or key.startswith("~"), key
                 assert not key.startswith("~*"), key
             if spelling:
-                guard = [d for d in directives if d["directive"] == "map"
-                         and d["args"][0].endswith("/$" + directive["args"][1][1:])]
+                guard = [
+                    d
+                    for d in directives
+                    if d["directive"] == "map" and d["args"][0].endswith("/$" + directive["args"][1][1:])
+                ]
                 assert len(guard) == 1 and guard[0]["block"][1]["directive"] == nginx_flags.SPELLING_GUARD
 
 
 def test_every_location_denies_or_checks_the_method() -> None:
     policy = _policy("deny-allow-overlap")
     lowered = lower(policy, "nginx", NGINX_TARGET.capabilities(policy, NGINX_TARGET.options_type())).policy
-    context = nginx.build_context(lowered, proxy_ports(lowered, "nginx", port_addresses(GOLDEN_LISTEN),
-                                                       port_addresses(GOLDEN_UPSTREAM)))
+    context = nginx.build_context(
+        lowered, proxy_ports(lowered, "nginx", port_addresses(GOLDEN_LISTEN), port_addresses(GOLDEN_UPSTREAM))
+    )
     for server in context["servers"]:
         for location in server["locations"]:
             assert location.deny_all or location.checks[0].variable.startswith(("request_method", "mg_method"))
@@ -163,8 +169,9 @@ def test_dry_run_denies_nothing(case: str) -> None:
 
 
 def test_dry_run_log_path_follows_prefix() -> None:
-    assert "access_log /srv/mg/meshgen-dry-run.log meshgen_dry_run;" in \
-        _generate("default-deny", dry_run=True, prefix="/srv/mg")
+    assert "access_log /srv/mg/meshgen-dry-run.log meshgen_dry_run;" in _generate(
+        "default-deny", dry_run=True, prefix="/srv/mg"
+    )
     assert "access_log access.log meshgen_dry_run;" in _generate("default-deny", dry_run=True, full=True)
     with pytest.raises(TargetError, match="absolute"):
         _generate("default-deny", dry_run=True, prefix="relative")
@@ -221,13 +228,16 @@ def test_5000_models_pass_nginx_t_without_hash_warnings() -> None:
     assert counts[10] == counts[5000]
 
 
-@pytest.mark.parametrize(("value", "written"), [
-    ("plain/path-1.conf", "plain/path-1.conf"),
-    ("with space", '"with space"'),
-    ('q"uote;{}', '"q\\"uote;{}"'),
-    ("^/v2/[^/]+\\z", '"^/v2/[^/]+\\z"'),  # nginx keeps a backslash that starts no escape
-    ("a\\tb", '"a\\\\tb"'),  # ... and unescapes \\t to a tab, so that one is doubled
-])
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("plain/path-1.conf", "plain/path-1.conf"),
+        ("with space", '"with space"'),
+        ('q"uote;{}', '"q\\"uote;{}"'),
+        ("^/v2/[^/]+\\z", '"^/v2/[^/]+\\z"'),  # nginx keeps a backslash that starts no escape
+        ("a\\tb", '"a\\\\tb"'),  # ... and unescapes \\t to a tab, so that one is doubled
+    ],
+)
 def test_nginx_arg_quotes_values(value: str, written: str, tmp_path: Path) -> None:
     assert nginx_arg(value) == written
     if "\\\\" not in written:  # crossplane does not unescape backslashes, nginx does
@@ -265,8 +275,13 @@ HOSTILE = [";", "}", "{", '"', "'", " x", "|", "$", "\\n"]
 
 
 def _cli(spec: str, output: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "meshgen", "nginx", "-", "--full", "-o", str(output)],
-                          input=spec, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "meshgen", "nginx", "-", "--full", "-o", str(output)],
+        input=spec,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_probe_spec_itself_is_accepted(tmp_path: Path) -> None:

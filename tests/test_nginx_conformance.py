@@ -64,21 +64,29 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
     with Backend() as backend:
         ports = {name: free_port() for name in ("http", "grpc", "metrics")}
         text = nginx_output(
-            policy, full=True, daemon=False, prefix=None,
+            policy,
+            full=True,
+            daemon=False,
+            prefix=None,
             listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
-            upstream={"http": f"127.0.0.1:{backend.http_port}",
-                                "grpc": f"127.0.0.1:{backend.grpc_port}",
-                                "metrics": f"127.0.0.1:{backend.http_port}"},
+            upstream={
+                "http": f"127.0.0.1:{backend.http_port}",
+                "grpc": f"127.0.0.1:{backend.grpc_port}",
+                "metrics": f"127.0.0.1:{backend.http_port}",
+            },
         )
         with NginxProcess(text, list(ports.values())):
             yield Proxy(spec, backend, ports)
 
 
-def http_status(proxy: Proxy, request: Request, port: str | None = None,
-                headers: list[tuple[str, str]] | None = None) -> int:
+def http_status(
+    proxy: Proxy, request: Request, port: str | None = None, headers: list[tuple[str, str]] | None = None
+) -> int:
     identity = request.identity
     connection = http.client.HTTPConnection(
-        "127.0.0.1", proxy.ports[port or request.protocol], timeout=10,
+        "127.0.0.1",
+        proxy.ports[port or request.protocol],
+        timeout=10,
         source_address=(identity.source_ip or "127.0.0.1", 0),
     )
     try:
@@ -121,11 +129,15 @@ def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int
         if status not in (403,) and not 200 <= status < 300:
             mismatches.append(f"{label}: unexpected HTTP {status}")
         elif (200 <= status < 300) != expected:
-            mismatches.append(f"{label}: nginx {'allowed' if status != 403 else 'denied'}, decide() "
-                              f"{'allows' if expected else 'denies'}")
+            mismatches.append(
+                f"{label}: nginx {'allowed' if status != 403 else 'denied'}, decide() "
+                f"{'allows' if expected else 'denies'}"
+            )
     for source_ip, calls in grpc_requests.items():
-        with SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay, \
-                grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
+        with (
+            SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay,
+            grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel,
+        ):
             for label, request in calls:
                 metadata = list(request.identity.headers.items())
                 code = grpc_call_on(channel, request.path, metadata)
@@ -139,8 +151,7 @@ def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int
 
 
 def test_denied_grpc_is_permission_denied_with_a_message(proxy: Proxy) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel, \
-            pytest.raises(grpc.RpcError) as raised:
+    with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel, pytest.raises(grpc.RpcError) as raised:
         channel.unary_unary("/inference.GRPCInferenceService/Unknown")(b"", timeout=5)
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
     assert "permission denied" in (raised.value.details() or "")  # type: ignore[attr-defined]
@@ -160,20 +171,42 @@ def _variants(path: str) -> list[str]:
     head, _, last = path.rpartition("/")
     first = path.split("/")[1]
     return [
-        f"{head}/x/../{last}", f"{head}/./{last}", f"{head}//{last}", path.replace("/", "//", 1),
-        f"{head}%2F{last}", f"{head}/x/%2e%2e/{last}", f"{head}/%2E/{last}", f"{path}%0A", f"{path}%00",
-        f"{head}/{last[:-1]}%{ord(last[-1]):02X}", f"{head}/{last[:-1]}%{ord(last[-1]):02x}",
-        path.upper(), path.replace(first, first.upper(), 1), f"{head}/{last.upper()}", f"{path}/",
-        f"{path}?q=1", f"{path}#frag", f"{path};x", f"{path}.", f"/.{path}", f"{path}%20",
+        f"{head}/x/../{last}",
+        f"{head}/./{last}",
+        f"{head}//{last}",
+        path.replace("/", "//", 1),
+        f"{head}%2F{last}",
+        f"{head}/x/%2e%2e/{last}",
+        f"{head}/%2E/{last}",
+        f"{path}%0A",
+        f"{path}%00",
+        f"{head}/{last[:-1]}%{ord(last[-1]):02X}",
+        f"{head}/{last[:-1]}%{ord(last[-1]):02x}",
+        path.upper(),
+        path.replace(first, first.upper(), 1),
+        f"{head}/{last.upper()}",
+        f"{path}/",
+        f"{path}?q=1",
+        f"{path}#frag",
+        f"{path};x",
+        f"{path}.",
+        f"/.{path}",
+        f"{path}%20",
     ]
 
 
 def _probe_targets(spec: Spec) -> list[tuple[str, str]]:
     """(method, path) pairs that some identity of the matrix is denied on the http/metrics ports."""
-    targets = [("POST", "/v2/repository/models/simple/load"), ("GET", "/v2/models/stats"),
-               ("GET", "/v2/logging"), ("POST", "/v2/models/protected/infer"),
-               ("POST", "/v2/repository/models/protected/load"), ("GET", "/v2/models/unlisted_model"),
-               ("GET", "/v2/health/live"), ("GET", "/v2/systemsharedmemory/status")]
+    targets = [
+        ("POST", "/v2/repository/models/simple/load"),
+        ("GET", "/v2/models/stats"),
+        ("GET", "/v2/logging"),
+        ("POST", "/v2/models/protected/infer"),
+        ("POST", "/v2/repository/models/protected/load"),
+        ("GET", "/v2/models/unlisted_model"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/systemsharedmemory/status"),
+    ]
     return targets
 
 
@@ -214,36 +247,54 @@ def test_header_bypass_probes(proxy: Proxy) -> None:
     for name, client in proxy.spec.clients.items():
         if not client.headers:
             continue
-        source_ip = (client.ip_blocks[0].split("/")[0].rsplit(".", 1)[0] + ".5") if client.ip_blocks else \
-            LOOPBACK_OUTSIDER_IP
+        source_ip = (
+            (client.ip_blocks[0].split("/")[0].rsplit(".", 1)[0] + ".5") if client.ip_blocks else LOOPBACK_OUTSIDER_IP
+        )
         good = {header: str(value) for header, value in client.headers.items()}
         for header, value in good.items():
             others = [(h, v) for h, v in good.items() if h != header]
             near_misses = [
-                [*others, (header, value.upper())], [*others, (header, value.lower())],
-                [*others, (header, value.swapcase())], [*others, (header.replace("-", "_"), value)],
-                [*others, (header, value + "x")], [*others, (header, "x" + value)],
-                [*others, (header, value[:-1])], [*others, (header, value + " x")],
+                [*others, (header, value.upper())],
+                [*others, (header, value.lower())],
+                [*others, (header, value.swapcase())],
+                [*others, (header.replace("-", "_"), value)],
+                [*others, (header, value + "x")],
+                [*others, (header, "x" + value)],
+                [*others, (header, value[:-1])],
+                [*others, (header, value + " x")],
                 [*others, ("x-forwarded-" + header, value)],
             ]
             for headers in near_misses:
                 identity = Identity(source_ip=source_ip, headers=dict(headers))
-                for method, path in [("GET", "/v2/logging"), ("GET", "/v2"), ("POST", "/v2/repository/index"),
-                                     ("POST", "/v2/models/m/infer"), ("GET", "/v2/models/stats")]:
+                for method, path in [
+                    ("GET", "/v2/logging"),
+                    ("GET", "/v2"),
+                    ("POST", "/v2/repository/index"),
+                    ("POST", "/v2/models/m/infer"),
+                    ("GET", "/v2/models/stats"),
+                ]:
                     expected = decide(proxy.spec, Request("http", method, path, identity)).allowed
                     status = http_status(proxy, Request("http", method, path, identity), headers=headers)
                     if (200 <= status < 300) != expected:
-                        failures.append(f"client {name} {headers} {method} {path}: HTTP {status}, decide() "
-                                        f"{'allows' if expected else 'denies'}")
+                        failures.append(
+                            f"client {name} {headers} {method} {path}: HTTP {status}, decide() "
+                            f"{'allows' if expected else 'denies'}"
+                        )
     assert not failures, "\n".join(failures[:MAX_REPORTED])
 
 
 def test_grpc_path_probes(proxy: Proxy) -> None:
     """Method paths nginx does not grant exactly never reach the backend."""
-    probes = ["/inference.GRPCInferenceService/modelinfer", "/INFERENCE.GRPCInferenceService/ModelInfer",
-              "/inference.GRPCInferenceService//ModelInfer", "/inference.GRPCInferenceService/./ModelInfer",
-              "/inference.GRPCInferenceService/ModelInfer/", "/inference.GRPCInferenceService/ModelInfer?x=1",
-              "/inference.GRPCInferenceService/Model%49nfer", "//inference.GRPCInferenceService/ModelInfer"]
+    probes = [
+        "/inference.GRPCInferenceService/modelinfer",
+        "/INFERENCE.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService//ModelInfer",
+        "/inference.GRPCInferenceService/./ModelInfer",
+        "/inference.GRPCInferenceService/ModelInfer/",
+        "/inference.GRPCInferenceService/ModelInfer?x=1",
+        "/inference.GRPCInferenceService/Model%49nfer",
+        "//inference.GRPCInferenceService/ModelInfer",
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{proxy.ports['grpc']}") as channel:
         for probe in probes:
             before = len(proxy.backend.grpc_seen)
@@ -255,14 +306,19 @@ def test_grpc_path_probes(proxy: Proxy) -> None:
 def test_large_body_is_not_limited(proxy: Proxy) -> None:
     """No 1 MB client_max_body_size: a 3 MB inference body reaches the backend where allowed."""
     for _, request in full_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP):
-        if request.protocol == "http" and request.method == "POST" and request.path.endswith("/infer") \
-                and decide(proxy.spec, request).allowed:
+        if (
+            request.protocol == "http"
+            and request.method == "POST"
+            and request.path.endswith("/infer")
+            and decide(proxy.spec, request).allowed
+        ):
             break
     else:
         pytest.skip("no identity may infer over HTTP in this case")
     identity = request.identity
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.ports["http"], timeout=30,
-                                            source_address=(identity.source_ip or "127.0.0.1", 0))
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", proxy.ports["http"], timeout=30, source_address=(identity.source_ip or "127.0.0.1", 0)
+    )
     try:
         connection.request("POST", request.path, body=b"0" * (3 << 20), headers=dict(identity.headers))
         response = connection.getresponse()
@@ -276,8 +332,11 @@ def _case_variant_matrix(spec: Spec) -> Iterator[tuple[str, Request]]:
     """Every listed model in other spellings (upper, swapped, capitalized) on every per-model path
     shape, versioned and repo shapes included: map keys fold case, Triton model names do not."""
     listed = sorted({model for rule in spec.rules for model in rule.models or ()})
-    people = [(label, request.identity) for label, request in full_matrix(spec, LOOPBACK_OUTSIDER_IP)
-              if request.protocol == "http" and request.method == "GET" and request.path == "/v2"]
+    people = [
+        (label, request.identity)
+        for label, request in full_matrix(spec, LOOPBACK_OUTSIDER_IP)
+        if request.protocol == "http" and request.method == "GET" and request.path == "/v2"
+    ]
     for endpoint in load_catalog().http:
         if not endpoint.model_scoped:
             continue
@@ -287,8 +346,10 @@ def _case_variant_matrix(spec: Spec) -> Iterator[tuple[str, Request]]:
                 path = path.replace("{repo}", "repo0")
                 for method in endpoint.methods:
                     for label, identity in people:
-                        yield (f"{endpoint.port} {method} {path} as {label.rsplit(' as ', 1)[1]}",
-                               Request(endpoint.port, method, path, identity))
+                        yield (
+                            f"{endpoint.port} {method} {path} as {label.rsplit(' as ', 1)[1]}",
+                            Request(endpoint.port, method, path, identity),
+                        )
 
 
 def test_model_name_case_variants_match_decide(proxy: Proxy) -> None:

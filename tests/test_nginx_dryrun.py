@@ -52,11 +52,17 @@ def dry_run(request: pytest.FixtureRequest) -> Iterator[DryRunProxy]:
     with Backend() as backend:
         ports = {name: free_port() for name in ("http", "grpc", "metrics")}
         text = nginx_output(
-            policy, full=True, daemon=False, prefix=None, dry_run=True,
+            policy,
+            full=True,
+            daemon=False,
+            prefix=None,
+            dry_run=True,
             listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
-            upstream={"http": f"127.0.0.1:{backend.http_port}",
-                                "grpc": f"127.0.0.1:{backend.grpc_port}",
-                                "metrics": f"127.0.0.1:{backend.http_port}"},
+            upstream={
+                "http": f"127.0.0.1:{backend.http_port}",
+                "grpc": f"127.0.0.1:{backend.grpc_port}",
+                "metrics": f"127.0.0.1:{backend.http_port}",
+            },
         )
         with NginxProcess(text, list(ports.values())) as process:
             yield DryRunProxy(Proxy(spec, backend, ports), process.prefix / "access.log")
@@ -113,8 +119,10 @@ def test_dry_run_denies_nothing_and_logs_every_decision(dry_run: DryRunProxy) ->
         if status != 200:  # only the backend answers 200; nginx itself would have said 403 or 400
             failures.append(f"{label}: HTTP {status}, expected to reach the backend")
     for source_ip, calls in grpc_requests.items():
-        with SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay, \
-                grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
+        with (
+            SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay,
+            grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel,
+        ):
             for tag, label, request in calls:
                 sent[tag] = (label, request)
                 code = grpc_call_on(channel, request.path, [*request.identity.headers.items(), ("x-request-id", tag)])

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx
 @pytest.mark.parametrize(("models", "clients"), [(10, 10), (10, 100), (1000, 100)])
 def test_large_configs_pass_nginx_t_without_warnings(models: int, clients: int) -> None:
     loaded = load_spec_text(yaml.safe_dump(make_spec(models, clients, mtls=False)), "scale.yaml", {})
-    text = nginx_output(compile_policy(loaded), full=True, listen={}, upstream={},
-                          prefix=None, daemon=False, dry_run=False)
+    text = nginx_output(
+        compile_policy(loaded), full=True, listen={}, upstream={}, prefix=None, daemon=False, dry_run=False
+    )
     with nginx_prefix() as prefix:
         result = nginx_test_text(text, prefix)
     assert result.returncode == 0 and "[warn]" not in result.stderr, result.stderr

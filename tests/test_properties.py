@@ -68,8 +68,11 @@ def examples(floor: int, *, share: int = 1) -> int:
 
 
 def property_settings(floor: int, *, share: int = 1) -> settings:
-    return settings(max_examples=examples(floor, share=share), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples(floor, share=share),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 # --- the property matrix -----------------------------------------------------------------------------
@@ -87,17 +90,20 @@ def property_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[tuple[st
     listed = sorted({model for rule in spec.rules for model in rule.models or ()})
     matrix: list[tuple[str, Request]] = []
     for person_index, person in enumerate(identities(spec, outsider_ip)):
+
         def add(port: str, method: str, path: str, who: Any = person) -> None:
-            matrix.append((f"{port} {method} {path} as {who.label}",
-                           Request(port, method, path, who.identity)))  # type: ignore[arg-type]
+            matrix.append((f"{port} {method} {path} as {who.label}", Request(port, method, path, who.identity)))  # type: ignore[arg-type]
 
         for endpoint_index, endpoint in enumerate(load_catalog().http):
             turn = person_index + endpoint_index
             models = [NEAR_MISS_MODELS[turn % len(NEAR_MISS_MODELS)]]
             if listed:
                 models.insert(0, listed[turn % len(listed)])
-            other_method = next(m for step in range(len(ALL_METHODS))
-                                if (m := ALL_METHODS[(turn + step) % len(ALL_METHODS)]) not in endpoint.methods)
+            other_method = next(
+                m
+                for step in range(len(ALL_METHODS))
+                if (m := ALL_METHODS[(turn + step) % len(ALL_METHODS)]) not in endpoint.methods
+            )
             for model in models if endpoint.model_scoped else [""]:
                 path = endpoint.template.replace("{model}", model).replace("{version}", "1")
                 path = path.replace("{region}", "r0").replace("{repo}", "repo0")
@@ -129,21 +135,26 @@ def needs_mtls(spec: Spec) -> list[str]:
 
 def istio_refusals(spec: Spec) -> list[str]:
     """Documented Istio refusals: a header value with a leading/trailing '*' (a wildcard to Istio)."""
-    return [rf"istio: client '{name}': header '{re.escape(header.lower())}': .*wildcard"
-            for name, client in rule_clients(spec).items()
-            for header, value in (client.headers or {}).items()
-            if str(value).startswith("*") or str(value).endswith("*")]
+    return [
+        rf"istio: client '{name}': header '{re.escape(header.lower())}': .*wildcard"
+        for name, client in rule_clients(spec).items()
+        for header, value in (client.headers or {}).items()
+        if str(value).startswith("*") or str(value).endswith("*")
+    ]
 
 
 def nginx_refusals(spec: Spec) -> list[str]:
     """Documented nginx refusals: mTLS identities, and header values outside nginx's safe characters."""
     expected: list[str] = []
     for name, client in rule_clients(spec).items():
-        kinds = [kind for kind, present in (("principals", client.principals), ("namespaces", client.namespaces))
-                 if present]
+        kinds = [
+            kind for kind, present in (("principals", client.principals), ("namespaces", client.namespaces)) if present
+        ]
         if kinds:
-            expected.append(rf"nginx: client '{name}' \(used by [^)]*\) is identified by {kinds[0]}, which nginx "
-                            "cannot enforce")
+            expected.append(
+                rf"nginx: client '{name}' \(used by [^)]*\) is identified by {kinds[0]}, which nginx "
+                "cannot enforce"
+            )
         for header, value in (client.headers or {}).items():
             if set(str(value)) - SAFE_HEADER_VALUE_CHARS:
                 # Header names are case-insensitive: messages name them in lower case.
@@ -207,8 +218,9 @@ def with_tls(loaded: LoadedSpec, tls: Tls) -> LoadedSpec:
 
 
 def bootstrap(policy: Policy, dry_run: bool) -> str:
-    return envoy_output(policy, bootstrap=True, listen=LISTEN, upstream=UPSTREAM,
-                          admin="127.0.0.1:19901", dry_run=dry_run)
+    return envoy_output(
+        policy, bootstrap=True, listen=LISTEN, upstream=UPSTREAM, admin="127.0.0.1:19901", dry_run=dry_run
+    )
 
 
 def envoy_validate_failure(config: Path) -> str | None:
@@ -263,8 +275,7 @@ def nginx_t_failure(config: Path) -> str | None:
 
 @pytest.mark.nginx
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
-def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("prop-nginx")
     configs: list[Path] = []
     sources: dict[str, str] = {}
@@ -276,8 +287,9 @@ def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(
         loaded = generated.load()
         documented = nginx_refusals(loaded.spec)
         try:
-            text = nginx_output(compile_policy(loaded), full=True, daemon=False, prefix=None,
-                                  listen=LISTEN, upstream=UPSTREAM)
+            text = nginx_output(
+                compile_policy(loaded), full=True, daemon=False, prefix=None, listen=LISTEN, upstream=UPSTREAM
+            )
         except TargetError as error:
             assert_refused_as_documented(error, documented, generated.to_yaml())
             refused.append(str(error))
@@ -291,8 +303,10 @@ def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(
     generate_configs()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         failures = [failure for failure in pool.map(nginx_t_failure, configs) if failure]
-    print(f"nginx property: {len(configs)} configs through nginx -t, {len(refused)} refused as documented, "
-          f"{len(failures)} failures")
+    print(
+        f"nginx property: {len(configs)} configs through nginx -t, {len(refused)} refused as documented, "
+        f"{len(failures)} failures"
+    )
     assert len(configs) + len(refused) >= examples(100)
     assert len(configs) >= examples(100) // 4, "too few expressible specs: the strategy drifted"
     assert not failures, "\n\n".join(f"{f}\nspec:\n{sources[f.split(':', 1)[0]]}" for f in failures[:5])
@@ -326,8 +340,12 @@ def test_real_envoy_and_nginx_agree_with_decide(tmp_path_factory: pytest.TempPat
             total_nginx, found = run_nginx_matrix(proxy, property_matrix(proxy.spec, LOOPBACK_OUTSIDER_IP))
             mismatches += [f"nginx {m}" for m in found]
         ran.append(total + total_nginx)
-        granted.append(sum(decide(running.spec, request).allowed
-                           for _, request in property_matrix(running.spec, LOOPBACK_OUTSIDER_IP)))
+        granted.append(
+            sum(
+                decide(running.spec, request).allowed
+                for _, request in property_matrix(running.spec, LOOPBACK_OUTSIDER_IP)
+            )
+        )
         assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
 
     run_on_real_proxies()
@@ -360,9 +378,24 @@ def test_generated_specs_are_valid_and_varied() -> None:
             seen.add("ipv6")
 
     observe()
-    wanted = {"principals", "namespaces", "ipBlocks", "headers", "allow", "deny", "models", "grpcAllModels",
-              "anyone", "empty-rules", "env", "portOverrides", "ipv6", "mtls:STRICT", "mtls:PERMISSIVE",
-              "mtls:DISABLE"}
+    wanted = {
+        "principals",
+        "namespaces",
+        "ipBlocks",
+        "headers",
+        "allow",
+        "deny",
+        "models",
+        "grpcAllModels",
+        "anyone",
+        "empty-rules",
+        "env",
+        "portOverrides",
+        "ipv6",
+        "mtls:STRICT",
+        "mtls:PERMISSIVE",
+        "mtls:DISABLE",
+    }
     assert wanted <= seen, wanted - seen
 
 
@@ -373,6 +406,8 @@ def test_property_matrix_covers_every_endpoint_and_identity() -> None:
     grpc_paths = {request.path for _, request in matrix if request.protocol == "grpc"}
     assert grpc_paths == {m.path for m in load_catalog().grpc} | set(EXTRA_GRPC)
     for endpoint in load_catalog().http:
-        assert any(request.protocol == endpoint.port
-                   and endpoint.match(tuple(request.path.split("?")[0].split("/")[1:])) is not False
-                   for _, request in matrix), endpoint.template
+        assert any(
+            request.protocol == endpoint.port
+            and endpoint.match(tuple(request.path.split("?")[0].split("/")[1:])) is not False
+            for _, request in matrix
+        ), endpoint.template

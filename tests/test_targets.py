@@ -30,8 +30,12 @@ from meshgen.targets.contract import (
 from meshgen.targets.registry import TARGETS
 from tests.support.goldens import assert_golden_directory, golden_cases, load_case
 
-KINDS = {Principals: Feature.PRINCIPALS, Namespaces: Feature.NAMESPACES, IpBlocks: Feature.IP_BLOCKS,
-         Headers: Feature.HEADERS}
+KINDS = {
+    Principals: Feature.PRINCIPALS,
+    Namespaces: Feature.NAMESPACES,
+    IpBlocks: Feature.IP_BLOCKS,
+    Headers: Feature.HEADERS,
+}
 TARGET_IDS = [target.name for target in TARGETS]
 
 
@@ -64,8 +68,11 @@ def test_capability_table_has_a_row_for_every_feature(target: Target[Any]) -> No
 def test_encoder_table_covers_exactly_the_enforced_identity_kinds(target: Target[Any]) -> None:
     """Adding an identity kind = one row per target: a kind is enforced iff the target can encode it."""
     policy = compile_policy(load_case("triton-access"))
-    enforced = {kind for kind, feature in KINDS.items()
-                if isinstance(target.capabilities(policy, target.options_type())[feature], Enforced)}
+    enforced = {
+        kind
+        for kind, feature in KINDS.items()
+        if isinstance(target.capabilities(policy, target.options_type())[feature], Enforced)
+    }
     assert target.encoded_kinds() == enforced
     assert set(KINDS.values()) == IDENTITY_FEATURES
 
@@ -79,12 +86,20 @@ def test_dry_run_option_matches_the_table(target: Target[Any]) -> None:
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
 def test_cli_command_offers_every_declared_flag(target: Target[Any]) -> None:
-    result = subprocess.run([sys.executable, "-m", "meshgen", target.name, "--help"], capture_output=True, text=True,
-                            check=False, env={"COLUMNS": "200", "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-m", "meshgen", target.name, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
     assert result.returncode == 0, result.stderr
     for _, option in cli_options(target.options_type):
-        flags = ([f"--{option.prefix}-{p}" for p in ("http", "grpc", "metrics")]
-                 if isinstance(option, PortAddressFlags) else [option.name])
+        flags = (
+            [f"--{option.prefix}-{p}" for p in ("http", "grpc", "metrics")]
+            if isinstance(option, PortAddressFlags)
+            else [option.name]
+        )
         for flag in flags:
             assert flag in result.stdout, (target.name, flag)
 
@@ -110,20 +125,25 @@ def _policy(body: str) -> Any:
 
 
 def test_refused_identity_kind_names_the_client_its_rules_and_location() -> None:
-    policy = _policy("clients:\n  mesh: {principals: [cluster.local/ns/a/sa/b]}\n"
-                     "rules:\n  - {allow: [health], from: [mesh]}\n")
+    policy = _policy(
+        "clients:\n  mesh: {principals: [cluster.local/ns/a/sa/b]}\nrules:\n  - {allow: [health], from: [mesh]}\n"
+    )
     table = {feature: Enforced() for feature in Feature} | {Feature.PRINCIPALS: Refused("why", "what to do")}
     with pytest.raises(TargetError) as raised:
         lower(policy, "probe", table)
-    assert str(raised.value) == ("s.yaml:6:3: error: probe: client 'mesh' (used by rules[0]) is identified by "
-                                 "principals, which probe cannot enforce: why; dropping it would widen the rule; "
-                                 "what to do")
+    assert str(raised.value) == (
+        "s.yaml:6:3: error: probe: client 'mesh' (used by rules[0]) is identified by "
+        "principals, which probe cannot enforce: why; dropping it would widen the rule; "
+        "what to do"
+    )
 
 
 def test_withheld_narrowing_drops_allow_grants_and_widens_denies_to_every_model() -> None:
-    policy = _policy("clients:\n  a: {ipBlocks: [10.0.0.0/8]}\n"
-                     "rules:\n  - {allow: [inference], models: [m1], from: [a]}\n"
-                     "  - {deny: [inference], models: [m1], from: anyone}\n")
+    policy = _policy(
+        "clients:\n  a: {ipBlocks: [10.0.0.0/8]}\n"
+        "rules:\n  - {allow: [inference], models: [m1], from: [a]}\n"
+        "  - {deny: [inference], models: [m1], from: anyone}\n"
+    )
     table = {feature: Enforced() for feature in Feature} | {Feature.PER_MODEL_HTTP: Withheld("no paths", "try x")}
     lowered = lower(policy, "probe", table)
     allow, deny = lowered.policy.rules
@@ -131,8 +151,10 @@ def test_withheld_narrowing_drops_allow_grants_and_widens_denies_to_every_model(
     assert deny.http and all(g.models is None for g in deny.http)
     [withholding] = lowered.withheld
     assert withholding.rule.index == 0 and withholding.feature is Feature.PER_MODEL_HTTP
-    assert str(withholding.warning()).startswith("s.yaml:8:5: warning: rules[0]: probe cannot enforce per-model "
-                                                 "HTTP grants: no paths; so these grants are NOT made: POST ")
+    assert str(withholding.warning()).startswith(
+        "s.yaml:8:5: warning: rules[0]: probe cannot enforce per-model "
+        "HTTP grants: no paths; so these grants are NOT made: POST "
+    )
 
 
 def test_lowering_never_widens_an_allow() -> None:

@@ -54,8 +54,10 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
             )
     ports = spec.workload.ports
     port_mtls = sorted(
-        (PortMtls(ports.by_name(key) if isinstance(key, str) else key, mode)
-         for key, mode in spec.mtls.port_overrides.items()),
+        (
+            PortMtls(ports.by_name(key) if isinstance(key, str) else key, mode)
+            for key, mode in spec.mtls.port_overrides.items()
+        ),
         key=lambda item: item.port,
     )
     return Policy(
@@ -81,10 +83,14 @@ def client_identity(loaded: LoadedSpec, name: str, client: Client) -> ClientIden
     if client.ip_blocks:
         kinds.append(IpBlocks(tuple(client.ip_blocks)))
     if client.headers:
-        kinds.append(Headers(tuple(
-            Header(header.lower(), HeaderValue(str(value), loaded.header_env.get((name, header))))
-            for header, value in client.headers.items()
-        )))
+        kinds.append(
+            Headers(
+                tuple(
+                    Header(header.lower(), HeaderValue(str(value), loaded.header_env.get((name, header))))
+                    for header, value in client.headers.items()
+                )
+            )
+        )
     return ClientIdentity(name, tuple(kinds), loaded.location("clients", name))
 
 

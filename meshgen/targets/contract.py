@@ -76,6 +76,7 @@ def enforced_except(exceptions: dict[Feature, Support]) -> Capabilities:
     """A table in which every feature is enforced but the listed ones."""
     return table({feature: exceptions.get(feature, ENFORCED) for feature in Feature})
 
+
 # Support values several targets share, so they refuse and withhold in the same words.
 GRPC_BODY_NOT_READ = Withheld(
     "gRPC carries the model name in the request body, which this output does not read",
@@ -341,8 +342,12 @@ def lower(policy: Policy, target: str, capabilities: Capabilities) -> Lowered:
 GrantT = TypeVar("GrantT", "HttpGrant", "GrpcGrant")
 
 
-def _lower_grants(target: str, rule: PolicyRule, grants: tuple[GrantT, ...], capabilities: Capabilities,
-                  ) -> tuple[tuple[GrantT, ...], list[Withholding]]:
+def _lower_grants(
+    target: str,
+    rule: PolicyRule,
+    grants: tuple[GrantT, ...],
+    capabilities: Capabilities,
+) -> tuple[tuple[GrantT, ...], list[Withholding]]:
     kept: list[GrantT] = []
     dropped: dict[Feature, tuple[Withheld, list[str]]] = {}
     for grant in grants:
@@ -365,13 +370,16 @@ def _lower_grants(target: str, rule: PolicyRule, grants: tuple[GrantT, ...], cap
         else:
             assert feature is not None
             dropped.setdefault(feature, (support, []))[1].append(grant.label)
-    withheld = [Withholding(target, rule, feature, tuple(dict.fromkeys(labels)), support)
-                for feature, (support, labels) in dropped.items()]
+    withheld = [
+        Withholding(target, rule, feature, tuple(dict.fromkeys(labels)), support)
+        for feature, (support, labels) in dropped.items()
+    ]
     return tuple(kept), withheld
 
 
-def _client_refusal(policy: Policy, target: str, client: ClientIdentity, feature: Feature,
-                    support: Refused | Withheld) -> TargetError:
+def _client_refusal(
+    policy: Policy, target: str, client: ClientIdentity, feature: Feature, support: Refused | Withheld
+) -> TargetError:
     used_by = [rule.label for rule in policy.rules if any(c.name == client.name for c in rule.clients or ())]
     return TargetError(
         f"{target}: client {client.name!r} (used by {', '.join(used_by)}) is identified by {feature.value}, "

@@ -30,8 +30,14 @@ class TritonInstall:
     directory: Path
 
     def start(self, name: str, extra_flags: list[str] | None = None, *, load_all_models: bool = True) -> TritonServer:
-        return TritonServer(self.root, self.model_repository, self.backend_directory,
-                            self.directory / f"{name}.log", extra_flags or [], load_all_models=load_all_models)
+        return TritonServer(
+            self.root,
+            self.model_repository,
+            self.backend_directory,
+            self.directory / f"{name}.log",
+            extra_flags or [],
+            load_all_models=load_all_models,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +46,12 @@ def triton_install(tmp_path_factory: pytest.TempPathFactory) -> TritonInstall:
     if root is None:
         pytest.skip(NOT_INSTALLED)
     directory = tmp_path_factory.mktemp("triton")
-    return TritonInstall(root, write_model_repository(directory / "models"),
-                         make_backend_directory(root, directory / "backends"), directory)
+    return TritonInstall(
+        root,
+        write_model_repository(directory / "models"),
+        make_backend_directory(root, directory / "backends"),
+        directory,
+    )
 
 
 @pytest.fixture(scope="session")

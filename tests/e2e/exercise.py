@@ -94,8 +94,9 @@ def _inference_count(direct: Any, model: str) -> int:
     return int(stats["inference_stats"]["success"]["count"])
 
 
-def _run_call(call: Call, clients: Clients, log: WireLog, identity: E2eIdentity, server: TritonServer,
-              direct: Any) -> Outcome:
+def _run_call(
+    call: Call, clients: Clients, log: WireLog, identity: E2eIdentity, server: TritonServer, direct: Any
+) -> Outcome:
     # Loading a model (even an unchanged one) resets its statistics: count around each inference call.
     counted = call.model if call.category == "inference" else None
     before = _inference_count(direct, counted) if counted else 0
@@ -131,8 +132,7 @@ def run_pass(server: TritonServer, proxy: ProxyPorts, spec: Spec) -> list[Outcom
     """Every identity of ``spec`` makes every call through the proxy; the outcomes in order."""
     direct = httpclient.InferenceServerClient(server.http_url)
     try:
-        return [outcome for identity in identities(spec)
-                for outcome in _identity_pass(server, proxy, identity, direct)]
+        return [outcome for identity in identities(spec) for outcome in _identity_pass(server, proxy, identity, direct)]
     finally:
         direct.close()
 

@@ -69,25 +69,29 @@ def load_e2e_spec(name: str) -> tuple[Spec, LoadedSpec]:
 def _proxy(target: str, loaded: LoadedSpec, triton: TritonServer, directory: Path) -> Any:
     """A started proxy (a context manager) and its listening ports, in front of ``triton``."""
     ports = ProxyPorts(free_port(), free_port(), free_port())
-    listen = {"http": f"127.0.0.1:{ports.http}", "grpc": f"127.0.0.1:{ports.grpc}",
-              "metrics": f"127.0.0.1:{ports.metrics}"}
+    listen = {
+        "http": f"127.0.0.1:{ports.http}",
+        "grpc": f"127.0.0.1:{ports.grpc}",
+        "metrics": f"127.0.0.1:{ports.metrics}",
+    }
     upstream = {"http": triton.http_url, "grpc": triton.grpc_url, "metrics": f"127.0.0.1:{triton.ports.metrics}"}
     policy = compile_policy(loaded)
     if target == "envoy":
         admin_port = free_port()
         config = directory / "envoy.yaml"
-        config.write_text(envoy_output(policy, bootstrap=True, listen=listen,
-                                         upstream=upstream, admin=f"127.0.0.1:{admin_port}"),
-                          encoding="utf-8")
+        config.write_text(
+            envoy_output(policy, bootstrap=True, listen=listen, upstream=upstream, admin=f"127.0.0.1:{admin_port}"),
+            encoding="utf-8",
+        )
         return EnvoyProcess(config, admin_port, directory / "envoy.log"), ports
-    text = nginx_output(policy, full=True, daemon=False, prefix=None, listen=listen,
-                          upstream=upstream)
+    text = nginx_output(policy, full=True, daemon=False, prefix=None, listen=listen, upstream=upstream)
     return NginxProcess(text, [ports.http, ports.grpc, ports.metrics]), ports
 
 
 @pytest.fixture(scope="module", params=[(s, t) for s in SPECS for t in TARGETS], ids=lambda p: f"{p[0]}-{p[1]}")
-def exercised(request: pytest.FixtureRequest, triton: TritonServer,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exercised]:
+def exercised(
+    request: pytest.FixtureRequest, triton: TritonServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Exercised]:
     # Module scope, main thread: Envoy dies with the thread that started it (PR_SET_PDEATHSIG).
     spec_name, target = request.param
     if target == "nginx" and NGINX is None:
@@ -178,8 +182,9 @@ def test_denied_calls_never_reach_triton(exercised: Exercised) -> None:
             continue  # Triton does not log metrics scrapes; the 403 above is the proof there
         allowed = outcome.expected_allowed(exercised.spec)
         if outcome.reached_triton() != allowed:
-            problems.append(f"{outcome.label}: granted={allowed} but Triton's log says "
-                            f"reached={outcome.reached_triton()}")
+            problems.append(
+                f"{outcome.label}: granted={allowed} but Triton's log says reached={outcome.reached_triton()}"
+            )
     assert not problems, _report(problems, len(exercised.outcomes))
 
 
@@ -197,14 +202,18 @@ def test_triton_counted_exactly_the_granted_inferences(exercised: Exercised) -> 
 def _istio_request(wire: WireRequest, spec: Spec) -> IstioRequest:
     ports = spec.workload.ports
     port = {"http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics}[wire.protocol]
-    return IstioRequest(port=port, method=wire.method, path=wire.path, principal=None,
-                        source_ip=wire.source_ip, headers=wire.headers)
+    return IstioRequest(
+        port=port, method=wire.method, path=wire.path, principal=None, source_ip=wire.source_ip, headers=wire.headers
+    )
 
 
 def test_istio_decides_the_recorded_wire_like_decide(exercised: Exercised) -> None:
     """Istio cannot run here: the generated AuthorizationPolicies are evaluated on the exact requests."""
-    policies = [doc for doc in yaml.safe_load_all(istio_output(compile_policy(exercised.loaded)))
-                if doc["kind"] == "AuthorizationPolicy"]
+    policies = [
+        doc
+        for doc in yaml.safe_load_all(istio_output(compile_policy(exercised.loaded)))
+        if doc["kind"] == "AuthorizationPolicy"
+    ]
     workload = Workload(exercised.spec.metadata.namespace, exercised.spec.workload.selector)
     problems = []
     wires = [(outcome, wire) for outcome in exercised.outcomes for wire in outcome.wire]
@@ -229,6 +238,8 @@ def test_every_wire_request_is_in_the_catalog_under_its_category(exercised: Exer
                 if match is not None and wire.method not in match.endpoint.methods:
                     category = f"{category} (but not {wire.method})"
             if category != outcome.call.category:
-                problems.append(f"{outcome.label}: {wire.protocol} {wire.method} {wire.path} -> catalog says "
-                                f"{category}, expected {outcome.call.category}")
+                problems.append(
+                    f"{outcome.label}: {wire.protocol} {wire.method} {wire.path} -> catalog says "
+                    f"{category}, expected {outcome.call.category}"
+                )
     assert not problems, _report(problems, len(exercised.outcomes))

@@ -134,9 +134,11 @@ def test_restricted_categories_refuse_calls_without_the_header(restricted: Restr
 
 def test_http_header_opens_the_restricted_categories(restricted: RestrictedServer) -> None:
     ((header, value),) = set(restricted.restricted["http"].values())
-    problems = [f"{call.label} with {header}: {why}"
-                for call, result, error in _calls_as(restricted, {header: value})
-                if call.protocol != "grpc" and (why := _succeeded(call, result, error)) is not None]
+    problems = [
+        f"{call.label} with {header}: {why}"
+        for call, result, error in _calls_as(restricted, {header: value})
+        if call.protocol != "grpc" and (why := _succeeded(call, result, error)) is not None
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -169,5 +171,6 @@ def test_generated_flags_alone_serve_the_repository(triton_install: TritonInstal
             index = client.get_model_repository_index(headers={header: value})
         finally:
             client.close()
-    assert {entry["name"]: entry.get("state") for entry in index} == dict.fromkeys(("add", "hidden", "identity"),
-                                                                                  "READY")
+    assert {entry["name"]: entry.get("state") for entry in index} == dict.fromkeys(
+        ("add", "hidden", "identity"), "READY"
+    )

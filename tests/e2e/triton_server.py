@@ -76,21 +76,35 @@ class TritonServer:
     logs verbosely to ``log_path``: tests read it to prove which requests arrived.
     """
 
-    def __init__(self, root: Path, model_repository: Path, backend_directory: Path, log_path: Path,
-                 extra_flags: Sequence[str] = (), *, load_all_models: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        model_repository: Path,
+        backend_directory: Path,
+        log_path: Path,
+        extra_flags: Sequence[str] = (),
+        *,
+        load_all_models: bool = True,
+    ) -> None:
         self.ports = TritonPorts(free_port(), free_port(), free_port())
         self.log_path = log_path
         self.console_path = log_path.with_suffix(".console")
         command = [
             str(tritonserver_binary(root)),
-            f"--model-repository={model_repository}", f"--backend-directory={backend_directory}",
-            "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
-            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+            f"--model-repository={model_repository}",
+            f"--backend-directory={backend_directory}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
             # Explicit mode so tests can unload and load; --load-model=* loads the whole repository first.
             *(["--model-control-mode=explicit", "--load-model=*"] if load_all_models else []),
-            "--log-verbose=1", f"--log-file={log_path}",
+            "--log-verbose=1",
+            f"--log-file={log_path}",
             # Open keep-alive connections (a proxy's upstream pool) would hold a SIGTERM for 30 s.
             f"--exit-timeout-secs={EXIT_TIMEOUT}",
             *extra_flags,
@@ -98,8 +112,9 @@ class TritonServer:
         self.command = command
         started = time.monotonic()
         with open(self.console_path, "wb") as console:
-            self._process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT,
-                                             env=server_environment(root))
+            self._process = subprocess.Popen(
+                command, stdout=console, stderr=subprocess.STDOUT, env=server_environment(root)
+            )
         self._wait_ready()
         self.start_seconds = time.monotonic() - started
 
@@ -136,6 +151,7 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()

@@ -84,7 +84,7 @@ class _HttpStreamParser:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             return False
-        head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4:]
+        head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4 :]
         start, *lines = head.split("\r\n")
         headers: dict[str, str] = {}
         for line in lines:
@@ -103,7 +103,7 @@ class _HttpStreamParser:
             end = self._buffer.find(b"\r\n")
             if end < 0:
                 return False
-            line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+            line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
             if self._chunk_state == "crlf":
                 self._chunk_state = "size"
             elif self._chunk_state == "trailer":
@@ -147,8 +147,9 @@ class HttpTap(SourceRelay):
     """Listens on 127.0.0.1:<free port>; relays each connection to ``target`` from ``source_ip`` unchanged,
     logging every request (and the answer's status) into ``log``."""
 
-    def __init__(self, target_port: int, log: WireLog, protocol: WireProtocol = "http",
-                 source_ip: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, log: WireLog, protocol: WireProtocol = "http", source_ip: str = "127.0.0.1"
+    ) -> None:
         self.protocol: WireProtocol = protocol
         self.log = log
         super().__init__("127.0.0.1", target_port, source_ip)
@@ -181,9 +182,13 @@ class _RecordingForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]  # unty
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method
         metadata = tuple(details.invocation_metadata)
-        entry = WireRequest("grpc", "POST", method,
-                            {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in metadata},
-                            source_ip=self._recorder.source_ip)
+        entry = WireRequest(
+            "grpc",
+            "POST",
+            method,
+            {k: v if isinstance(v, str) else v.decode("latin-1") for k, v in metadata},
+            source_ip=self._recorder.source_ip,
+        )
         self._recorder.log.add(entry)
         channel = self._recorder.channel
         forward = _forwardable(metadata)
@@ -193,6 +198,7 @@ class _RecordingForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]  # unty
             context.abort(error.code(), error.details() or "")
 
         if method == STREAM_METHOD:
+
             def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
                 call = channel.stream_stream(method)(requests, metadata=forward, timeout=_timeout(context))
                 try:
@@ -200,17 +206,18 @@ class _RecordingForwarder(grpc.GenericRpcHandler):  # type: ignore[misc]  # unty
                 except grpc.RpcError as error:
                     fail(context, error)
                 entry.status = "OK"
+
             return grpc.stream_stream_rpc_method_handler(stream)
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                reply: bytes = channel.unary_unary(method)(request, metadata=forward,
-                                                            timeout=_timeout(context))
+                reply: bytes = channel.unary_unary(method)(request, metadata=forward, timeout=_timeout(context))
             except grpc.RpcError as error:
                 fail(context, error)
                 raise  # unreachable: abort raised
             entry.status = "OK"
             return reply
+
         return grpc.unary_unary_rpc_method_handler(unary)
 
 
@@ -237,6 +244,7 @@ class GrpcRecorder:
     def __enter__(self) -> GrpcRecorder:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()

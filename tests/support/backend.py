@@ -72,14 +72,17 @@ class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untype
         with self._lock:
             self._seen.append(method)
         if method.endswith(STREAM_SUFFIX):
+
             def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
                 for _ in requests:
                     yield b""
                     return
+
             return grpc.stream_stream_rpc_method_handler(stream)
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
             return b""
+
         return grpc.unary_unary_rpc_method_handler(unary)
 
 
@@ -101,7 +104,7 @@ class Backend:
 
     @property
     def http_seen(self) -> list[str]:
-        """"METHOD /path?query" of every HTTP request that reached the backend, in arrival order."""
+        """ "METHOD /path?query" of every HTTP request that reached the backend, in arrival order."""
         return self._http.seen
 
     def stop(self) -> None:
@@ -115,13 +118,15 @@ class Backend:
     def __enter__(self) -> Backend:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()
 
 
-def grpc_call_on(channel: grpc.Channel, method_path: str, metadata: Sequence[tuple[str, str]],
-                 timeout: float = 5) -> grpc.StatusCode:
+def grpc_call_on(
+    channel: grpc.Channel, method_path: str, metadata: Sequence[tuple[str, str]], timeout: float = 5
+) -> grpc.StatusCode:
     """One generic call with an empty message on an open channel; the status it ended with."""
     try:
         if method_path.endswith(STREAM_SUFFIX):
@@ -136,11 +141,20 @@ def grpc_call_on(channel: grpc.Channel, method_path: str, metadata: Sequence[tup
     return grpc.StatusCode.OK
 
 
-def grpc_call(target: str, method_path: str, metadata: list[tuple[str, str]],
-              credentials: grpc.ChannelCredentials | None = None, timeout: float = 5,
-              *, options: Sequence[tuple[str, Any]] = ()) -> grpc.StatusCode:
+def grpc_call(
+    target: str,
+    method_path: str,
+    metadata: list[tuple[str, str]],
+    credentials: grpc.ChannelCredentials | None = None,
+    timeout: float = 5,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.StatusCode:
     """A generic call (stream call for ModelStreamInfer) on a fresh channel to ``target`` ("host:port")."""
-    channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
-               else grpc.insecure_channel(target, options=options))
+    channel = (
+        grpc.secure_channel(target, credentials, options=options)
+        if credentials is not None
+        else grpc.insecure_channel(target, options=options)
+    )
     with channel:
         return grpc_call_on(channel, method_path, metadata, timeout)

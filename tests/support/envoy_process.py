@@ -17,8 +17,13 @@ def envoy_binary() -> str:
 
 
 def validate(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class EnvoyProcess:
@@ -32,12 +37,28 @@ class EnvoyProcess:
         self.admin_port = admin_port
         self.log_path = log_path
         self._process = subprocess.Popen(
-            [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2",
-             "--log-level", "warning", "--log-path", str(log_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                envoy_binary(),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warning",
+                "--log-path",
+                str(log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        wait_until_ready(self._process, lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"), 20, "envoy",
-                         lambda: f"see {log_path}")
+        wait_until_ready(
+            self._process,
+            lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"),
+            20,
+            "envoy",
+            lambda: f"see {log_path}",
+        )
 
     def stop(self) -> None:
         stop_process(self._process)
@@ -45,6 +66,7 @@ class EnvoyProcess:
     def __enter__(self) -> EnvoyProcess:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()

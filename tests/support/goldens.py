@@ -79,9 +79,17 @@ def assert_golden_directory(case: str, update: bool) -> None:
     for name in sorted(expected.keys() & present):
         have = (directory / name).read_text(encoding="utf-8")
         if have != expected[name]:
-            problems.append("".join(difflib.unified_diff(
-                have.splitlines(keepends=True), expected[name].splitlines(keepends=True),
-                f"golden/{case}/{name}", "generated")))
+            problems.append(
+                "".join(
+                    difflib.unified_diff(
+                        have.splitlines(keepends=True),
+                        expected[name].splitlines(keepends=True),
+                        f"golden/{case}/{name}",
+                        "generated",
+                    )
+                )
+            )
     if problems:
-        pytest.fail("golden directory differs (rerun with --update-goldens if intended, and review):\n"
-                    + "\n".join(problems))
+        pytest.fail(
+            "golden directory differs (rerun with --update-goldens if intended, and review):\n" + "\n".join(problems)
+        )

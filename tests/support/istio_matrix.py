@@ -23,8 +23,9 @@ def to_istio(request: Request, ports: Mapping[str, int]) -> IstioRequest:
     )
 
 
-def istio_mismatches(spec: Spec, documents: Sequence[Mapping[str, Any]],
-                     matrix: Sequence[tuple[str, Request]]) -> list[str]:
+def istio_mismatches(
+    spec: Spec, documents: Sequence[Mapping[str, Any]], matrix: Sequence[tuple[str, Request]]
+) -> list[str]:
     """One line per request where the generated policies decide differently from ``decide()``."""
     policies = [doc for doc in documents if doc["kind"] == "AuthorizationPolicy"]
     workload = Workload(spec.metadata.namespace, spec.workload.selector)

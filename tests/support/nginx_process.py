@@ -56,15 +56,21 @@ def make_prefix() -> Path:
 def nginx_test(config: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
     """``nginx -t -p PREFIX -c CONFIG`` (does not bind ports)."""
     assert NGINX is not None
-    return subprocess.run([NGINX, "-t", "-q", "-p", str(prefix), "-c", str(config)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [NGINX, "-t", "-q", "-p", str(prefix), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 class NginxProcess:
     """nginx in the foreground (the config must say ``daemon off;``) until ``stop()``."""
 
-    def __init__(self, config_text: str, ports: list[int], *, prefix: Path | None = None,
-                 run_as: str | None = None) -> None:
+    def __init__(
+        self, config_text: str, ports: list[int], *, prefix: Path | None = None, run_as: str | None = None
+    ) -> None:
         """``run_as``: a user to drop to first (needs root), to prove the config runs unprivileged."""
         assert NGINX is not None
         self.prefix = prefix or make_prefix()
@@ -76,12 +82,20 @@ class NginxProcess:
             shutil.chown(self.config, run_as)
             # -e: before reading the config nginx opens its compiled-in error log, root-only on Debian.
             user = pwd.getpwnam(run_as)
-            command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-                       *command, "-e", str(self.prefix / "error.log")]
+            command = [
+                "setpriv",
+                f"--reuid={user.pw_uid}",
+                f"--regid={user.pw_gid}",
+                "--clear-groups",
+                *command,
+                "-e",
+                str(self.prefix / "error.log"),
+            ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for port in ports:
-            wait_until_ready(self.process, lambda port=port: listening(port), 10, f"nginx on port {port}",
-                             self.error_log)
+            wait_until_ready(
+                self.process, lambda port=port: listening(port), 10, f"nginx on port {port}", self.error_log
+            )
 
     def error_log(self) -> str:
         path = self.prefix / "error.log"
@@ -97,6 +111,7 @@ class NginxProcess:
     def __enter__(self) -> NginxProcess:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()

@@ -38,8 +38,13 @@ def listening(port: int) -> bool:
         return False
 
 
-def wait_until_ready(process: subprocess.Popen[Any], ready: Callable[[], bool], timeout: float, what: str,
-                     details: Callable[[], str] = lambda: "") -> None:
+def wait_until_ready(
+    process: subprocess.Popen[Any],
+    ready: Callable[[], bool],
+    timeout: float,
+    what: str,
+    details: Callable[[], str] = lambda: "",
+) -> None:
     """Poll ``ready`` until it holds; if the process exits or the time runs out, stop it and raise."""
     deadline = time.monotonic() + timeout
     while not ready():

@@ -75,8 +75,9 @@ def model_names() -> st.SearchStrategy[str]:
 
 
 def principals() -> st.SearchStrategy[str]:
-    return st.builds(lambda td, ns, sa: f"{td}/ns/{ns}/sa/{sa}", st.sampled_from(TRUST_DOMAINS), dns_labels(12),
-                     dns_labels(12))
+    return st.builds(
+        lambda td, ns, sa: f"{td}/ns/{ns}/sa/{sa}", st.sampled_from(TRUST_DOMAINS), dns_labels(12), dns_labels(12)
+    )
 
 
 @st.composite
@@ -111,8 +112,9 @@ def header_names(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def _client(draw: st.DrawFn, name: str, kinds_allowed: tuple[str, ...], environ: dict[str, str],
-            nginx_safe: bool) -> dict[str, Any]:
+def _client(
+    draw: st.DrawFn, name: str, kinds_allowed: tuple[str, ...], environ: dict[str, str], nginx_safe: bool
+) -> dict[str, Any]:
     kinds = draw(st.lists(st.sampled_from(kinds_allowed), min_size=1, max_size=len(kinds_allowed), unique=True))
     client: dict[str, Any] = {}
     if "principals" in kinds:
@@ -120,8 +122,9 @@ def _client(draw: st.DrawFn, name: str, kinds_allowed: tuple[str, ...], environ:
     if "namespaces" in kinds:
         client["namespaces"] = draw(st.lists(dns_labels(12), min_size=1, max_size=3, unique=True))
     if "ipBlocks" in kinds:
-        client["ipBlocks"] = draw(st.lists(ip_blocks(ipv6=not nginx_safe), min_size=1, max_size=2 if nginx_safe
-                                           else 3, unique=True))
+        client["ipBlocks"] = draw(
+            st.lists(ip_blocks(ipv6=not nginx_safe), min_size=1, max_size=2 if nginx_safe else 3, unique=True)
+        )
     if "headers" in kinds:
         names = draw(st.lists(header_names(), min_size=1, max_size=2, unique_by=str.lower))
         headers: dict[str, Any] = {}

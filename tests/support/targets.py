@@ -27,18 +27,43 @@ def istio_output(policy: Policy, *, dry_run: bool = False) -> str:
     return ISTIO.generate(policy, IstioOptions(dry_run=dry_run)).text
 
 
-def envoy_output(policy: Policy, *, bootstrap: bool = False, listen: Mapping[str, str] | None = None,
-                 upstream: Mapping[str, str] | None = None, admin: str | None = None, dry_run: bool = False) -> str:
-    options = EnvoyOptions(bootstrap=bootstrap, listen=port_addresses(listen), upstream=port_addresses(upstream),
-                           admin=parse_address(admin) if admin else None, dry_run=dry_run)
+def envoy_output(
+    policy: Policy,
+    *,
+    bootstrap: bool = False,
+    listen: Mapping[str, str] | None = None,
+    upstream: Mapping[str, str] | None = None,
+    admin: str | None = None,
+    dry_run: bool = False,
+) -> str:
+    options = EnvoyOptions(
+        bootstrap=bootstrap,
+        listen=port_addresses(listen),
+        upstream=port_addresses(upstream),
+        admin=parse_address(admin) if admin else None,
+        dry_run=dry_run,
+    )
     return ENVOY.generate(policy, options).text
 
 
-def nginx_output(policy: Policy, *, full: bool = False, listen: Mapping[str, str] | None = None,
-                 upstream: Mapping[str, str] | None = None, prefix: str | None = None, daemon: bool = True,
-                 dry_run: bool = False) -> str:
-    options = NginxOptions(full=full, listen=port_addresses(listen), upstream=port_addresses(upstream),
-                           prefix=prefix, no_daemon=not daemon, dry_run=dry_run)
+def nginx_output(
+    policy: Policy,
+    *,
+    full: bool = False,
+    listen: Mapping[str, str] | None = None,
+    upstream: Mapping[str, str] | None = None,
+    prefix: str | None = None,
+    daemon: bool = True,
+    dry_run: bool = False,
+) -> str:
+    options = NginxOptions(
+        full=full,
+        listen=port_addresses(listen),
+        upstream=port_addresses(upstream),
+        prefix=prefix,
+        no_daemon=not daemon,
+        dry_run=dry_run,
+    )
     return NGINX.generate(policy, options).text
 
 

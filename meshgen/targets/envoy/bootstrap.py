@@ -67,8 +67,9 @@ def render_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Addres
     return Rendered(render_template("envoy", "bootstrap.yaml.j2", **context), document)
 
 
-def build_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Address | None,
-                    dry_run: bool) -> dict[str, Any]:
+def build_bootstrap(
+    policy: Policy, ports: tuple[ProxyPort, ...], admin: Address | None, dry_run: bool
+) -> dict[str, Any]:
     """One listener per Triton port with that port's RBAC filters; clusters to Triton's ports."""
     tls = policy.standalone.tls
     listeners = []
@@ -88,12 +89,18 @@ def build_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Address
             "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
             "route_config": {
                 "name": f"{port}_route",
-                "virtual_hosts": [{
-                    "name": f"triton_{port}",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"},
-                                "route": {"cluster": cluster_name, "timeout": ROUTE_TIMEOUT[port]}}],
-                }],
+                "virtual_hosts": [
+                    {
+                        "name": f"triton_{port}",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": cluster_name, "timeout": ROUTE_TIMEOUT[port]},
+                            }
+                        ],
+                    }
+                ],
             },
             "http_filters": [
                 *rbac_filters(policy, port=port, dry_run=dry_run),
@@ -102,31 +109,40 @@ def build_bootstrap(policy: Policy, ports: tuple[ProxyPort, ...], admin: Address
         }
         chain: dict[str, Any] = {"filters": [{"name": HCM, "typed_config": hcm}]}
         if tls is not None:
-            chain["transport_socket"] = {"name": TLS_SOCKET, "typed_config": {
-                "@type": DOWNSTREAM_TLS_TYPE,
-                "require_client_certificate": True,
-                "common_tls_context": {
-                    "alpn_protocols": ["h2", "http/1.1"],
-                    "tls_certificates": [{"certificate_chain": {"filename": tls.cert},
-                                          "private_key": {"filename": tls.key}}],
-                    "validation_context": {"trusted_ca": {"filename": tls.client_ca}},
+            chain["transport_socket"] = {
+                "name": TLS_SOCKET,
+                "typed_config": {
+                    "@type": DOWNSTREAM_TLS_TYPE,
+                    "require_client_certificate": True,
+                    "common_tls_context": {
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "tls_certificates": [
+                            {"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}
+                        ],
+                        "validation_context": {"trusted_ca": {"filename": tls.client_ca}},
+                    },
                 },
-            }}
-        listeners.append({
-            "name": f"triton_{port}",
-            "address": _socket_address(proxy_port.listen),
-            "filter_chains": [chain],
-        })
+            }
+        listeners.append(
+            {
+                "name": f"triton_{port}",
+                "address": _socket_address(proxy_port.listen),
+                "filter_chains": [chain],
+            }
+        )
         cluster: dict[str, Any] = {
             "name": cluster_name,
             "type": "STATIC" if proxy_port.upstream.is_ip else "STRICT_DNS",
             "connect_timeout": "5s",
-            "load_assignment": {"cluster_name": cluster_name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": _socket_address(proxy_port.upstream)}}]}]},
+            "load_assignment": {
+                "cluster_name": cluster_name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(proxy_port.upstream)}}]}],
+            },
         }
         if port == "grpc":
-            cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS_KEY: {
-                "@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}}
+            cluster["typed_extension_protocol_options"] = {
+                HTTP_OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http2_protocol_options": {}}}
+            }
         clusters.append(cluster)
     admin_config = {"address": _socket_address(admin)} if admin is not None else None
     return {"admin": admin_config, "listeners": listeners, "clusters": clusters}

@@ -85,8 +85,9 @@ def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> lis
     return filters
 
 
-def _filter(label: str, entries: list[dict[str, Any]], default: dict[str, Any], port: PortName | None,
-            dry_run: bool) -> dict[str, Any]:
+def _filter(
+    label: str, entries: list[dict[str, Any]], default: dict[str, Any], port: PortName | None, dry_run: bool
+) -> dict[str, Any]:
     prefix = f"{label}-{port}." if port else f"{label}."
     matcher: dict[str, Any] = {}
     if entries:
@@ -107,16 +108,22 @@ def _action(name: str, action: str) -> dict[str, Any]:
     return {"action": {"name": ACTION_NAME, "typed_config": {"@type": ACTION_TYPE, "name": name, "action": action}}}
 
 
-def _entries(policy: Policy, rules: Iterable[PolicyRule], port: PortName | None, action: str,
-             ) -> list[dict[str, Any]]:
+def _entries(
+    policy: Policy,
+    rules: Iterable[PolicyRule],
+    port: PortName | None,
+    action: str,
+) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for rule in rules:
         groups = _groups(policy, rule, port)
         if not groups:
             continue  # nothing on this port
         clients: list[tuple[str, list[dict[str, Any]]]] = (
-            [("anyone", [])] if rule.clients is None
-            else [(client.name, identity_predicates(client)) for client in rule.clients])
+            [("anyone", [])]
+            if rule.clients is None
+            else [(client.name, identity_predicates(client)) for client in rule.clients]
+        )
         for client_name, identity in clients:
             on_match = _action(f"{rule.label}-from[{client_name}]", action)
             for group in groups:
@@ -170,24 +177,38 @@ class _Group:
         segments = endpoint.segments
         at = segments.index(_MODEL)
         before = segments[:at]
-        gate_segments = tuple(SEGMENT if s == _MODEL else _segment_regex(endpoint.pattern()[i])
-                              for i, s in enumerate(segments))
+        gate_segments = tuple(
+            SEGMENT if s == _MODEL else _segment_regex(endpoint.pattern()[i]) for i, s in enumerate(segments)
+        )
         if any(s.startswith("{") for s in before):
             gate = "/" + "/".join(gate_segments) + QUERY
             literal = "/" + "".join(s + "/" for s in itertools.takewhile(lambda s: not s.startswith("{"), before))
             fallback = self.fallback.setdefault(gate, _RegexFallback(literal))
             for model in models:
-                fallback.regexes["/" + "/".join(re.escape(model) if s == _MODEL else g
-                                                for s, g in zip(segments, gate_segments, strict=True)) + QUERY] = None
+                fallback.regexes[
+                    "/"
+                    + "/".join(
+                        re.escape(model) if s == _MODEL else g for s, g in zip(segments, gate_segments, strict=True)
+                    )
+                    + QUERY
+                ] = None
             return
         prefix = "/" + "".join(s + "/" for s in before)
         if at < len(segments) - 1:
-            self._trie(prefix, TrieKey.MODEL_THEN_SEGMENT, "/" + "/".join(gate_segments) + QUERY,
-                       (prefix + model + "/" for model in models))
+            self._trie(
+                prefix,
+                TrieKey.MODEL_THEN_SEGMENT,
+                "/" + "/".join(gate_segments) + QUERY,
+                (prefix + model + "/" for model in models),
+            )
         else:
             self._trie(prefix, TrieKey.MODEL_LAST, "/" + "/".join(gate_segments), (prefix + model for model in models))
-            self._trie(prefix, TrieKey.MODEL_LAST_QUERY, "/" + "/".join(gate_segments) + r"\?.*",
-                       (prefix + model + "?" for model in models))
+            self._trie(
+                prefix,
+                TrieKey.MODEL_LAST_QUERY,
+                "/" + "/".join(gate_segments) + r"\?.*",
+                (prefix + model + "?" for model in models),
+            )
 
     def _trie(self, prefix: str, kind: TrieKey, gate: str, keys: Iterable[str]) -> None:
         trie = self.tries.setdefault((prefix, kind), _Trie())
@@ -211,14 +232,28 @@ class _Group:
         for (prefix, kind), trie in self.tries.items():
             gate = _any([_path({"safe_regex": _regex(g)}) for g in trie.gates])
             tree = {kind.map_field: {"map": dict.fromkeys(trie.keys, on_match)}}
-            result.append({"predicate": _all([*self._guarded(prefix), *identity, gate]),
-                           "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}}})
+            result.append(
+                {
+                    "predicate": _all([*self._guarded(prefix), *identity, gate]),
+                    "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}},
+                }
+            )
         for gate_regex, fallback in self.fallback.items():
-            nested = {"matcher_list": {"matchers": [
-                {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in fallback.regexes]}}
-            result.append({"predicate": _all([*self._guarded(fallback.literal), *identity,
-                                              _path({"safe_regex": _regex(gate_regex)})]),
-                           "on_match": {"matcher": nested}})
+            nested = {
+                "matcher_list": {
+                    "matchers": [
+                        {"predicate": _path({"safe_regex": _regex(r)}), "on_match": on_match} for r in fallback.regexes
+                    ]
+                }
+            }
+            result.append(
+                {
+                    "predicate": _all(
+                        [*self._guarded(fallback.literal), *identity, _path({"safe_regex": _regex(gate_regex)})]
+                    ),
+                    "on_match": {"matcher": nested},
+                }
+            )
         return result
 
     def _guarded(self, literal: str) -> list[dict[str, Any]]:
@@ -311,17 +346,33 @@ def _principals(kind: Principals, client: ClientIdentity) -> list[dict[str, Any]
 def _namespaces(kind: Namespaces, client: ClientIdentity) -> list[dict[str, Any]]:
     # Istio identities are exactly spiffe://<td>/ns/<ns>/sa/<sa>; RE2 safe_regex is a full match.
     uri_san = _input(URI_SAN_INPUT, URI_SAN_INPUT_TYPE)
-    return [_any([_single(uri_san, {"safe_regex": _regex(f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+")})
-                  for ns in kind.values])]
+    return [
+        _any(
+            [
+                _single(uri_san, {"safe_regex": _regex(f"spiffe://[^/]+/ns/{re.escape(ns)}/sa/[^/]+")})
+                for ns in kind.values
+            ]
+        )
+    ]
 
 
 def _ip_blocks(kind: IpBlocks, client: ClientIdentity) -> list[dict[str, Any]]:
     # The direct peer address: X-Forwarded-For can't impersonate.
-    return [{"single_predicate": {
-        "input": _input(SOURCE_IP_INPUT, SOURCE_IP_INPUT_TYPE),
-        "custom_match": {"name": IP_MATCHER, "typed_config": {
-            "@type": IP_MATCHER_TYPE, "cidr_ranges": [_cidr(block) for block in kind.blocks],
-            "stat_prefix": f"meshgen_{client.name.replace('-', '_')}_ip"}}}}]
+    return [
+        {
+            "single_predicate": {
+                "input": _input(SOURCE_IP_INPUT, SOURCE_IP_INPUT_TYPE),
+                "custom_match": {
+                    "name": IP_MATCHER,
+                    "typed_config": {
+                        "@type": IP_MATCHER_TYPE,
+                        "cidr_ranges": [_cidr(block) for block in kind.blocks],
+                        "stat_prefix": f"meshgen_{client.name.replace('-', '_')}_ip",
+                    },
+                },
+            }
+        }
+    ]
 
 
 def _headers(kind: Headers, client: ClientIdentity) -> list[dict[str, Any]]:

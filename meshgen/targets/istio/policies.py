@@ -99,6 +99,7 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
 
 def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The documents the template must lay out, as data (compared with the parsed output)."""
+
     def metadata(name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "namespace": context["namespace"], "labels": context["labels"]}
         if annotations:
@@ -111,14 +112,26 @@ def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
         spec: dict[str, Any] = {"selector": selector, "action": item["action"]}
         if item["rules"]:
             spec["rules"] = item["rules"]
-        result.append({"apiVersion": context["api_version"], "kind": "AuthorizationPolicy",
-                       "metadata": metadata(item["name"], item["annotations"]), "spec": spec})
+        result.append(
+            {
+                "apiVersion": context["api_version"],
+                "kind": "AuthorizationPolicy",
+                "metadata": metadata(item["name"], item["annotations"]),
+                "spec": spec,
+            }
+        )
     peer = context["peer_authentication"]
     peer_spec: dict[str, Any] = {"selector": selector, "mtls": {"mode": peer["mode"]}}
     if peer["port_level_mtls"]:
         peer_spec["portLevelMtls"] = peer["port_level_mtls"]
-    result.append({"apiVersion": context["api_version"], "kind": "PeerAuthentication",
-                   "metadata": metadata(peer["name"], {}), "spec": peer_spec})
+    result.append(
+        {
+            "apiVersion": context["api_version"],
+            "kind": "PeerAuthentication",
+            "metadata": metadata(peer["name"], {}),
+            "spec": peer_spec,
+        }
+    )
     return result
 
 

@@ -43,11 +43,13 @@ class NginxTarget(Target[NginxOptions]):
         Variant("nginx.conf", "full", NginxOptions(full=True, no_daemon=True)),
     )
     implementation = "meshgen.targets.nginx.config"
-    capability_table = enforced_except({
-        Feature.PRINCIPALS: MESH_IDENTITY,
-        Feature.NAMESPACES: MESH_IDENTITY,
-        Feature.PER_MODEL_GRPC: GRPC_BODY_NOT_READ,
-    })
+    capability_table = enforced_except(
+        {
+            Feature.PRINCIPALS: MESH_IDENTITY,
+            Feature.NAMESPACES: MESH_IDENTITY,
+            Feature.PER_MODEL_GRPC: GRPC_BODY_NOT_READ,
+        }
+    )
 
 
 TARGET = NginxTarget()

@@ -110,8 +110,12 @@ def parse_back(text: str) -> object:
     return parse_locations(text)
 
 
-def build_context(policy: Policy, ports: tuple[ProxyPort, ...], *, dry_run_log: str | None = None,
-                  ) -> dict[str, Any]:
+def build_context(
+    policy: Policy,
+    ports: tuple[ProxyPort, ...],
+    *,
+    dry_run_log: str | None = None,
+) -> dict[str, Any]:
     flags = Flags()
     rule_flags = client_and_rule_flags(policy, flags)
     servers = []
@@ -162,6 +166,7 @@ def main_paths(prefix: str | None) -> dict[str, str]:
 
 # --- locations (client and rule flags: meshgen/targets/nginx_flags.py) ------------------------------
 
+
 @dataclass(frozen=True)
 class Step:
     """A rule as it applies in one location."""
@@ -170,18 +175,26 @@ class Step:
     flag: FlagVar | None  # "1" when the rule matches the request there; None: it always does
 
 
-def _decision(deny: list[Step], allow: list[Step], method: Check, flags: Flags,
-              ) -> tuple[bool, tuple[Check, ...], tuple[Verdict, ...]]:
+def _decision(
+    deny: list[Step],
+    allow: list[Step],
+    method: Check,
+    flags: Flags,
+) -> tuple[bool, tuple[Check, ...], tuple[Verdict, ...]]:
     """(deny everyone, checks, dry-run verdicts): a request passes iff no deny rule and some allow rule matches.
 
     The verdicts replay ``decide()`` in reverse priority, so the last one whose check holds names the same
     deciding rule: wrong method, else the first deny rule (spec order), else the first allow rule.
     """
     verdicts = [Verdict(None, "deny default")]
-    verdicts += [Verdict(None if s.flag is None else Check(s.flag.name), f"allow {s.rule.label}")
-                 for s in sorted(allow, key=lambda step: -step.rule.index)]
-    verdicts += [Verdict(None if s.flag is None else Check(s.flag.name), f"deny {s.rule.label}")
-                 for s in sorted(deny, key=lambda step: -step.rule.index)]
+    verdicts += [
+        Verdict(None if s.flag is None else Check(s.flag.name), f"allow {s.rule.label}")
+        for s in sorted(allow, key=lambda step: -step.rule.index)
+    ]
+    verdicts += [
+        Verdict(None if s.flag is None else Check(s.flag.name), f"deny {s.rule.label}")
+        for s in sorted(deny, key=lambda step: -step.rule.index)
+    ]
     verdicts.append(Verdict(method, "deny method"))
     last_unconditional = max(i for i, verdict in enumerate(verdicts) if verdict.check is None)
     audit = tuple(verdicts[last_unconditional:])
@@ -200,7 +213,8 @@ def _method_check(methods: tuple[str, ...], flags: Flags) -> Check:
     if len(methods) == 1:
         return Check("request_method", "!=", methods[0])
     variable = flags.add_map(
-        ["request_method"], "mg_method_" + "_".join(m.lower() for m in methods),
+        ["request_method"],
+        "mg_method_" + "_".join(m.lower() for m in methods),
         # Regex keys: plain map keys would compare case-insensitively.
         [("default", "0"), *((f"~^{regex_literal(m)}\\z", "1") for m in methods)],
     )
@@ -252,8 +266,14 @@ class _EndpointGrants:
         return [self.rules[position] for position in sorted(self.any_model | self.by_model.get(model, set()))]
 
 
-def _steps(action: Literal["allow", "deny"], grants: _EndpointGrants, model: str | None, capture: bool,
-           rule_flags: dict[int, FlagVar], flags: Flags) -> list[Step]:
+def _steps(
+    action: Literal["allow", "deny"],
+    grants: _EndpointGrants,
+    model: str | None,
+    capture: bool,
+    rule_flags: dict[int, FlagVar],
+    flags: Flags,
+) -> list[Step]:
     """The rules of ``action`` covering the endpoint for ``model`` (None: a model no per-model location has,
     or with ``capture`` the model captured from the path) with their flags there."""
     if model is not None:
@@ -271,7 +291,11 @@ def _steps(action: Literal["allow", "deny"], grants: _EndpointGrants, model: str
 
 
 def _endpoint_location(
-    policy: Policy, grants: _EndpointGrants, model: str | None, rule_flags: dict[int, FlagVar], flags: Flags,
+    policy: Policy,
+    grants: _EndpointGrants,
+    model: str | None,
+    rule_flags: dict[int, FlagVar],
+    flags: Flags,
 ) -> Location:
     endpoint = grants.endpoint
     pattern = endpoint.pattern(model)
@@ -296,10 +320,16 @@ def _endpoint_location(
     else:
         modifier, path = "=", "/" + "/".join(pattern)
     what = f"{endpoint.category} {endpoint.template}" + (
-        f" for model {model}" if model is not None
-        else " for any model (model lists: the captured $mg_model looked up in maps)" if capture
-        else " for any model" if versioned
-        else " for any other model" if endpoint.model_scoped else "")
+        f" for model {model}"
+        if model is not None
+        else " for any model (model lists: the captured $mg_model looked up in maps)"
+        if capture
+        else " for any model"
+        if versioned
+        else " for any other model"
+        if endpoint.model_scoped
+        else ""
+    )
     return Location(modifier, path, deny_all, checks, _comment(what, deny, allow), verdicts)
 
 
@@ -319,8 +349,12 @@ def _comment(what: str, deny: list[Step], allow: list[Step]) -> str:
     return "; ".join(parts)
 
 
-def _http_locations(policy: Policy, port: PortName, rule_flags: dict[int, FlagVar], flags: Flags,
-                    ) -> list[Location]:
+def _http_locations(
+    policy: Policy,
+    port: PortName,
+    rule_flags: dict[int, FlagVar],
+    flags: Flags,
+) -> list[Location]:
     exact: list[Location] = []
     regex: list[Location] = []
     for endpoint in load_catalog().http:
@@ -329,8 +363,9 @@ def _http_locations(policy: Policy, port: PortName, rule_flags: dict[int, FlagVa
         grants = _EndpointGrants(policy, endpoint)
         if endpoint.model_scoped and sum(s in VARIABLES for s in endpoint.segments) == 1:
             # Only {model} varies: one exact location per listed model (a tree lookup, flat).
-            models = sorted({m for rule in policy.rules for g in rule.http if g.endpoint == endpoint
-                             for m in g.models or ()})
+            models = sorted(
+                {m for rule in policy.rules for g in rule.http if g.endpoint == endpoint for m in g.models or ()}
+            )
             exact += [_endpoint_location(policy, grants, model, rule_flags, flags) for model in models]
         location = _endpoint_location(policy, grants, None, rule_flags, flags)
         # Regex locations are tried in file order: shapes follow catalog order, the order in which
@@ -347,8 +382,9 @@ def _grpc_locations(policy: Policy, rule_flags: dict[int, FlagVar], flags: Flags
         deny = [Step(r, rule_flags.get(r.index)) for r in policy.rules_for("deny") if method in r.grpc_methods]
         allow = [Step(r, rule_flags.get(r.index)) for r in policy.rules_for("allow") if method in r.grpc_methods]
         deny_all, checks, verdicts = _decision(deny, allow, Check("request_method", "!=", GRPC_METHOD), flags)
-        locations.append(Location("=", method.path, deny_all, checks,
-                                  _comment(_grpc_what(method), deny, allow), verdicts))
+        locations.append(
+            Location("=", method.path, deny_all, checks, _comment(_grpc_what(method), deny, allow), verdicts)
+        )
     return locations
 
 

@@ -48,8 +48,16 @@ class Flags:
     allow_sets: dict[tuple[str, ...], str] = field(default_factory=dict)
     _defined: set[str] = field(default_factory=set)
 
-    def add_map(self, source_variables: Iterable[str], variable: str, entries: list[tuple[str, str]],
-                comment: str = "", *, separator: str = "", prefix: str = "") -> str:
+    def add_map(
+        self,
+        source_variables: Iterable[str],
+        variable: str,
+        entries: list[tuple[str, str]],
+        comment: str = "",
+        *,
+        separator: str = "",
+        prefix: str = "",
+    ) -> str:
         """Define ``map "<prefix>$a<separator>$b..." $variable`` once (same name, same content)."""
         if variable not in self._defined:
             self._defined.add(variable)
@@ -64,7 +72,9 @@ class Flags:
         key = tuple(names)
         if key not in self.allow_sets:
             self.allow_sets[key] = self.add_map(
-                names, f"mg_allow_{len(self.allow_sets)}", [("default", "0"), ("~1", "1")],
+                names,
+                f"mg_allow_{len(self.allow_sets)}",
+                [("default", "0"), ("~1", "1")],
                 "1 when one of these allow rules matches: " + ", ".join(names),
             )
         return FlagVar(self.allow_sets[key])
@@ -141,7 +151,9 @@ def client_and_rule_flags(policy: Policy, flags: Flags) -> dict[int, FlagVar]:
                 client_variables[client.name] = _client_flag(client, flags)
             names.append(client_variables[client.name])
         variable = flags.add_map(
-            names, f"mg_rule_{rule.index}", [("default", "0"), ("~1", "1")],
+            names,
+            f"mg_rule_{rule.index}",
+            [("default", "0"), ("~1", "1")],
             f"{rule.label}: 1 when one of its clients ({', '.join(c.name for c in rule.clients)}) matches",
         )
         rule_flags[rule.index] = FlagVar(variable, rule.index)
@@ -199,19 +211,32 @@ def _client_flag(client: ClientIdentity, flags: Flags) -> str:
     for definitions in encode_identity("nginx", client, ENCODERS):
         for definition in definitions:
             if isinstance(definition, GeoFlag):
-                flags.geos.append({"variable": definition.variable,
-                                   "entries": [("default", "0"), *((block, "1") for block in definition.blocks)]})
+                flags.geos.append(
+                    {
+                        "variable": definition.variable,
+                        "entries": [("default", "0"), *((block, "1") for block in definition.blocks)],
+                    }
+                )
                 parts.append(definition.variable)
             else:
-                parts.append(flags.add_map(
-                    [f"http_{identifier(definition.header)}"], definition.variable,
-                    [("default", "0"), (f"~^{regex_literal(definition.value)}\\z", "1")], definition.comment))
+                parts.append(
+                    flags.add_map(
+                        [f"http_{identifier(definition.header)}"],
+                        definition.variable,
+                        [("default", "0"), (f"~^{regex_literal(definition.value)}\\z", "1")],
+                        definition.comment,
+                    )
+                )
     base = f"mg_client_{identifier(client.name)}"
     if not parts:
         # A client listing no identity kind matches nobody (as in decide()).
         return flags.add_map(["remote_addr"], base, [("default", "0")], f"client {client.name}: matches nobody")
-    return flags.add_map(parts, base, [("default", "0"), ("1" * len(parts), "1")],
-                         f"client {client.name}: every identity kind it lists matched")
+    return flags.add_map(
+        parts,
+        base,
+        [("default", "0"), ("1" * len(parts), "1")],
+        f"client {client.name}: every identity kind it lists matched",
+    )
 
 
 def model_flag(models: frozenset[str], flags: Flags) -> FlagVar:
@@ -228,20 +253,25 @@ def model_flag(models: frozenset[str], flags: Flags) -> FlagVar:
     for model in key:
         folded.setdefault(model.lower(), []).append(model)
     spelling = flags.add_map(
-        [MODEL_CAPTURE], f"mg_models_{number}_spelling",
+        [MODEL_CAPTURE],
+        f"mg_models_{number}_spelling",
         [(MODEL_KEY_PREFIX + lowered, "/".join(names)) for lowered, names in sorted(folded.items())],
         f"model set {number} ({len(key)} model(s)): the listed spelling(s) of the model captured from the path",
         prefix=MODEL_KEY_PREFIX,
     )
     variable = flags.add_map(
-        [MODEL_CAPTURE, spelling], f"mg_models_{number}", [("default", "0"), (SPELLING_GUARD, "1")],
-        f"model set {number}: 1 when the captured model is spelled exactly as listed", separator="/",
+        [MODEL_CAPTURE, spelling],
+        f"mg_models_{number}",
+        [("default", "0"), (SPELLING_GUARD, "1")],
+        f"model set {number}: 1 when the captured model is spelled exactly as listed",
+        separator="/",
     )
     return FlagVar(variable, number, number)
 
 
-def rule_flag(rule: PolicyRule, models: frozenset[str] | None, rule_flags: dict[int, FlagVar],
-              flags: Flags) -> FlagVar | None:
+def rule_flag(
+    rule: PolicyRule, models: frozenset[str] | None, rule_flags: dict[int, FlagVar], flags: Flags
+) -> FlagVar | None:
     """The flag of ``rule`` in a location; ``models``: the models it is limited to there (None: any)."""
     client = rule_flags.get(rule.index)
     if models is None:
@@ -250,7 +280,9 @@ def rule_flag(rule: PolicyRule, models: frozenset[str] | None, rule_flags: dict[
     if client is None:
         return model
     variable = flags.add_map(
-        [client.name, model.name], f"{client.name}_models_{model.model_set}", [("default", "0"), ("11", "1")],
+        [client.name, model.name],
+        f"{client.name}_models_{model.model_set}",
+        [("default", "0"), ("11", "1")],
         f"{rule.label} for a listed model: 1 when one of its clients matches and the model is listed",
     )
     return FlagVar(variable, rule.index, model.model_set)

@@ -15,16 +15,18 @@ class TritonTarget(Target[NoOptions]):
     options_type = NoOptions
     outputs = (OutputFile("triton-args.txt", NoOptions()),)
     implementation = "meshgen.targets.triton.flags"
-    capability_table = table({
-        Feature.PRINCIPALS: PROXY_CHECKS_IT,
-        Feature.NAMESPACES: PROXY_CHECKS_IT,
-        Feature.IP_BLOCKS: PROXY_CHECKS_IT,
-        # Categories whose every grantee sends one common header are restricted to it (--*-restricted-*).
-        Feature.HEADERS: PROXY_CHECKS_IT,
-        Feature.PER_MODEL_HTTP: PROXY_CHECKS_MODELS,
-        Feature.PER_MODEL_GRPC: PROXY_CHECKS_MODELS,
-        Feature.DRY_RUN: Refused("Triton has no audit mode", "use the dry-run of the proxy targets"),
-    })
+    capability_table = table(
+        {
+            Feature.PRINCIPALS: PROXY_CHECKS_IT,
+            Feature.NAMESPACES: PROXY_CHECKS_IT,
+            Feature.IP_BLOCKS: PROXY_CHECKS_IT,
+            # Categories whose every grantee sends one common header are restricted to it (--*-restricted-*).
+            Feature.HEADERS: PROXY_CHECKS_IT,
+            Feature.PER_MODEL_HTTP: PROXY_CHECKS_MODELS,
+            Feature.PER_MODEL_GRPC: PROXY_CHECKS_MODELS,
+            Feature.DRY_RUN: Refused("Triton has no audit mode", "use the dry-run of the proxy targets"),
+        }
+    )
 
 
 TARGET = TritonTarget()

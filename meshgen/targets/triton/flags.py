@@ -73,8 +73,9 @@ def _granted(policy: Policy, category: str) -> list[tuple[frozenset[tuple[str, s
         if rule.clients is None:
             result.append((frozenset(), True))
         else:
-            result.extend((frozenset((h.name, h.value.value) for h in client.headers), False)
-                          for client in rule.clients)
+            result.extend(
+                (frozenset((h.name, h.value.value) for h in client.headers), False) for client in rule.clients
+            )
     return result
 
 
@@ -132,5 +133,7 @@ def _loopback_binding(policy: Policy) -> Iterator[Flag]:
     for port in PORT_NAMES:
         upstream = policy.standalone.upstream.get(port)
         if upstream is not None and upstream.is_loopback:
-            yield Flag(f"The proxy reaches the {port} port on {upstream}: nothing else should",
-                       f"--{port}-address={upstream.host}")
+            yield Flag(
+                f"The proxy reaches the {port} port on {upstream}: nothing else should",
+                f"--{port}-address={upstream.host}",
+            )
