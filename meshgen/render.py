@@ -124,6 +124,8 @@ _YAML11_BOOLEANS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "'" if value.lower() in _YAML11_BOOLEANS else None
+    if "\n" in value and value.endswith("\n"):
+        style = "|"  # scripts (the Lua guard) stay readable; PyYAML quotes instead where a block cannot hold them
     return dumper.represent_scalar(_STR_TAG, value, style=style)
 
 

@@ -71,8 +71,8 @@ _KNOWN_UNMODELLED_KEYS: Final = frozenset(
 _KNOWN_UNMODELLED_PREFIXES: Final = (
     "request.auth.claims[",
     "request.experimental.inline.headers[",
-    "experimental.envoy.filters.",
 )
+_EXPERIMENTAL: Final = "experimental.envoy.filters."
 
 # Go's strconv.ParseBool, which istiod uses for the dry-run annotation.
 _GO_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
@@ -108,6 +108,9 @@ class IstioRequest:
     principal: str | None = None  # peer mTLS identity "<trust-domain>/ns/<ns>/sa/<sa>", None for plaintext
     source_ip: str | None = None  # direct peer IP (IPv4 or IPv6)
     headers: Mapping[str, str] = field(default_factory=dict)  # header names are case-insensitive
+    # Dynamic metadata earlier HTTP filters wrote (filter namespace -> key -> string value), as
+    # `when: experimental.envoy.filters.<...>[<key>]` conditions read it.
+    metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Catch mistakes in the *test* early: a malformed request would otherwise just "not match".
@@ -385,11 +388,30 @@ def _split_negation(key: str) -> tuple[str, bool]:
     return key, False
 
 
+def _metadata_matcher(key: str) -> ValueMatcher:
+    """``experimental.envoy.filters.a.b[c]``: metadata ``c`` of filter ``envoy.filters.a.b`` (istiod's
+    envoyFilterGenerator, generator.go). A value ``[v]`` matches a list holding ``v``; a plain ``v`` is a
+    string match (exact, ``*`` prefix/suffix, ``*`` alone = present); a missing key matches no value."""
+    filter_name, _, inner = key.removeprefix("experimental.").removesuffix("]").partition("[")
+
+    def matches(value: str, subject: _Subject) -> bool:
+        found = subject.request.metadata.get(filter_name, {}).get(inner)
+        if value.startswith("[") and value.endswith("]"):
+            return False  # list values: the metadata this evaluator models is strings only
+        return _string_matches(value, found)
+
+    return matches
+
+
 def _when_matcher(key: str) -> ValueMatcher:
     header = _HEADER_KEY.fullmatch(key)
     if header is not None:
         name = header.group("name")
         return lambda v, s: _header_matches(v, _header(s.request, name))
+    if key.startswith(_EXPERIMENTAL):
+        if not key.endswith("]") or "[" not in key:
+            raise InvalidPolicyError(f"bad key ({key}): should have format a[b]")
+        return _metadata_matcher(key)
     if key in _WHEN_KEYS:
         return _WHEN_KEYS[key]
     if key in _KNOWN_UNMODELLED_KEYS or key.startswith(_KNOWN_UNMODELLED_PREFIXES):
@@ -748,3 +770,63 @@ def _allowed(by_action: Mapping[str, list[Policy]], request: IstioRequest) -> bo
     if not by_action["ALLOW"]:
         return True
     return any(_policy_matches(policy, request) for policy in by_action["ALLOW"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# PeerAuthentication: the mTLS mode a sidecar enforces on one workload port
+# ---------------------------------------------------------------------------------------------------
+
+_MTLS_MODES: Final = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
+
+
+def effective_mtls_mode(
+    documents: Sequence[Mapping[str, Any]], workload: Workload, port: int, root_namespace: str = "istio-system"
+) -> str:
+    """STRICT / PERMISSIVE / DISABLE on ``port`` (a container port), as istiod composes it.
+
+    Istio semantics notes section 3 (``policy_applier.go`` ``ComposePeerAuthentication``): start from
+    PERMISSIVE, then the mesh policy (root namespace, no selector), the namespace policy (workload
+    namespace, no selector), the workload policy (selector matching, not in the root namespace; a
+    selector policy in the root namespace is ignored), each only if its mode is not UNSET; then the
+    workload policy's ``portLevelMtls`` entry for the port (UNSET inherits). Several candidates on one
+    level are resolved by creation time, which these documents do not carry: that raises.
+    """
+    levels: dict[str, list[Mapping[str, Any]]] = {"mesh": [], "namespace": [], "workload": []}
+    for document in documents:
+        if document.get("kind") != "PeerAuthentication":
+            continue
+        namespace = _namespace(document)
+        spec = _spec(document)
+        selector = _mapping(spec.get("selector") or {}, "spec.selector")
+        labels = _mapping(selector.get("matchLabels") or {}, "spec.selector.matchLabels")
+        if not labels:
+            if namespace == root_namespace:
+                levels["mesh"].append(spec)
+            elif namespace == workload.namespace:
+                levels["namespace"].append(spec)
+        elif (
+            namespace == workload.namespace
+            and namespace != root_namespace
+            and all(workload.labels.get(k) == v for k, v in labels.items())
+        ):
+            levels["workload"].append(spec)
+    mode = "PERMISSIVE"
+    for level in ("mesh", "namespace", "workload"):
+        if len(levels[level]) > 1:
+            raise UnsupportedPolicyError(f"{len(levels[level])} {level}-level PeerAuthentications: oldest wins")
+        for spec in levels[level]:
+            mode = _mode(spec.get("mtls"), mode)
+    for spec in levels["workload"]:
+        port_level = _mapping(spec.get("portLevelMtls") or {}, "spec.portLevelMtls")
+        if str(port) in port_level:
+            mode = _mode(port_level[str(port)], mode)
+    return mode
+
+
+def _mode(mtls: Any, inherited: str) -> str:
+    if mtls is None:
+        return inherited
+    mode = _mapping(mtls, "mtls").get("mode") or "UNSET"
+    if mode not in _MTLS_MODES:
+        raise InvalidPolicyError(f"unknown mTLS mode {mode!r}")
+    return inherited if mode == "UNSET" else str(mode)

@@ -49,6 +49,7 @@ from jsonschema import Draft7Validator  # type: ignore[import-untyped, unused-ig
 
 __all__ = [
     "ALLOW_MISSING_ENV",
+    "ENVOY_FILTER_WARNING",
     "SHARED_REFERENCE_ENV",
     "SharedReferenceMissingError",
     "crd_dir",
@@ -67,7 +68,9 @@ CRD_FILES: Mapping[str, str] = {
     "AuthorizationPolicy": "authorizationpolicies.security.istio.io.yaml",
     "PeerAuthentication": "peerauthentications.security.istio.io.yaml",
     "RequestAuthentication": "requestauthentications.security.istio.io.yaml",
+    "EnvoyFilter": "envoyfilters.networking.istio.io.yaml",
 }
+GROUPS: Mapping[str, str] = {"EnvoyFilter": "networking.istio.io"}  # every other kind: GROUP
 
 Errors = list[str]
 
@@ -111,8 +114,9 @@ def _served_schemas(crd_path: Path, kind: str) -> Mapping[str, Mapping[str, Any]
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(crd_path.read_text(encoding="utf-8"), Loader=loader)
     spec = crd["spec"]
-    if spec["group"] != GROUP or spec["names"]["kind"] != kind:
-        raise ValueError(f"{crd_path} is not the {GROUP} {kind} CRD")
+    group = GROUPS.get(kind, GROUP)
+    if spec["group"] != group or spec["names"]["kind"] != kind:
+        raise ValueError(f"{crd_path} is not the {group} {kind} CRD")
     return {
         version["name"]: version["schema"]["openAPIV3Schema"]
         for version in spec["versions"]
@@ -764,10 +768,63 @@ def _peer_authentication_errors(spec: Mapping[str, Any]) -> Errors:
     return errors
 
 
+_APPLY_TO = frozenset({"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+                       "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP",
+                       "LISTENER_FILTER"})  # fmt: skip
+_PATCH_OPERATIONS = frozenset({"MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST",
+                               "REPLACE"})  # fmt: skip
+_HCM = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+ENVOY_FILTER_WARNING = (
+    "EnvoyFilter exposes internal implementation details that may change at any time. Prefer other APIs if "
+    "possible, and exercise extreme caution, especially around upgrades."
+)
+
+
+def _envoy_filter_errors(spec: Mapping[str, Any]) -> Errors:
+    """pkg/config/validation/envoyfilter/envoyfilter.go ``validateEnvoyFilter`` (1.30.3), less the proto
+    decoding of patch values (the tests run those in a real Envoy instead)."""
+    errors: Errors = []
+    for index, patch in enumerate(_items(spec.get("configPatches"))):
+        where = f"spec.configPatches[{index}]"
+        patch = _mapping(patch)
+        match = _mapping(patch.get("match"))
+        if match.get("context") == "WAYPOINT":
+            continue  # istiod: "TODO(zirain): Add validation for waypoint proxy"
+        body = _mapping(patch.get("patch"))
+        if patch.get("applyTo") not in _APPLY_TO:
+            errors.append(f"{where}: Envoy filter: missing applyTo")
+        elif not body:
+            errors.append(f"{where}: Envoy filter: missing patch")
+        elif body.get("operation") not in _PATCH_OPERATIONS:
+            errors.append(f"{where}: Envoy filter: missing patch operation")
+        elif body.get("operation") != "REMOVE" and body.get("value") is None:
+            errors.append(f"{where}: Envoy filter: missing patch value for non-remove operation")
+        elif patch["applyTo"] in ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER") and match:
+            listener = match.get("listener")
+            if listener is None and (match.get("routeConfiguration") or match.get("cluster")):
+                errors.append(
+                    f"{where}: Envoy filter: applyTo for listener class objects cannot have non listener match"
+                )
+                continue
+            chain_filter = _mapping(_mapping(_mapping(listener).get("filterChain")).get("filter"))
+            if chain_filter:
+                sub = chain_filter.get("subFilter")
+                if not chain_filter.get("name"):
+                    errors.append(f"{where}: Envoy filter: filter match has no name to match on")
+                elif sub is not None and patch["applyTo"] != "HTTP_FILTER":
+                    errors.append(f"{where}: Envoy filter: subfilter match can be used with applyTo HTTP_FILTER only")
+                elif sub is not None and chain_filter["name"] not in _HCM:
+                    errors.append(f"{where}: Envoy filter: subfilter match requires filter match with {_HCM[0]}")
+                elif sub is not None and not _mapping(sub).get("name"):
+                    errors.append(f"{where}: Envoy filter: subfilter match has no name to match on")
+    return errors
+
+
 _WEBHOOK_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], Errors]] = {
     "AuthorizationPolicy": _authorization_policy_errors,
     "PeerAuthentication": _peer_authentication_errors,
     "RequestAuthentication": _attachment_errors,
+    "EnvoyFilter": _envoy_filter_errors,
 }
 
 
@@ -807,8 +864,9 @@ def _kind_and_version(doc: Mapping[str, Any]) -> tuple[str, str] | str:
         return f"kind: unsupported {kind!r}; expected one of {', '.join(CRD_FILES)}"
     served = _schemas_for(str(kind))
     group, _, version = str(api_version).partition("/")
-    if group != GROUP or version not in served:
-        expected = ", ".join(f"{GROUP}/{name}" for name in served)
+    wanted = GROUPS.get(str(kind), GROUP)
+    if group != wanted or version not in served:
+        expected = ", ".join(f"{wanted}/{name}" for name in served)
         return f"apiVersion: unsupported {api_version!r} for {kind}; expected one of {expected}"
     return str(kind), version
 
@@ -844,6 +902,13 @@ def webhook_warnings(doc: Mapping[str, Any]) -> list[str]:
     if not isinstance(doc, Mapping) or doc.get("kind") not in CRD_FILES:
         return []
     spec = _mapping(_plain(doc).get("spec"))
+    if doc.get("kind") == "EnvoyFilter":
+        # Every EnvoyFilter, always; plus a workloadSelector without labels applies namespace-wide.
+        labels = _mapping(spec.get("workloadSelector")).get("labels")
+        namespace_wide = "workloadSelector" in spec and not labels
+        return [ENVOY_FILTER_WARNING] + (
+            ["Envoy filter: will be applied to all services in namespace"] if namespace_wide else []
+        )
     warnings = _selector_warnings(spec)
     if doc.get("kind") == "AuthorizationPolicy" and spec.get("action") == "DENY":
         for index, rule in enumerate(_items(spec.get("rules"))):

@@ -13,7 +13,7 @@ from meshgen.errors import TargetError
 from meshgen.policy import Policy, compile_policy
 from meshgen.spec import LoadedSpec, load_spec_text
 from meshgen.spec.model import Standalone, Tls
-from meshgen.targets.envoy.rbac import HEADER_INPUT, HEADER_INPUT_TYPE, path_predicates
+from meshgen.targets.envoy.rbac import HEADER_INPUT, HEADER_INPUT_TYPE, RBAC_FILTER, path_predicates
 from tests.support.envoy_process import validate
 from tests.support.goldens import golden_cases, load_case
 from tests.support.pki import TestCA
@@ -38,8 +38,16 @@ def _needs_mtls(policy: Policy) -> bool:
 
 
 def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
+    """The RBAC filters of the filter-only output (the gRPC model guard, if any, left out)."""
     loaded: list[dict[str, Any]] = yaml.safe_load(envoy_output(policy, **kwargs))
-    return loaded
+    return [entry for entry in loaded if entry["name"] == RBAC_FILTER]
+
+
+def test_the_grpc_model_guard_comes_first_and_only_where_a_rule_limits_grpc_to_models() -> None:
+    names = [f["name"] for f in yaml.safe_load(envoy_output(_policy(load_case("headers-and-ips"))))]
+    assert names == ["meshgen.grpc_model_guard", RBAC_FILTER, RBAC_FILTER]
+    without = [f["name"] for f in yaml.safe_load(envoy_output(_policy(load_case("every-category"))))]
+    assert "meshgen.grpc_model_guard" not in without
 
 
 def _default(entry: dict[str, Any], field: str = "matcher") -> str:
@@ -195,6 +203,7 @@ def test_bootstrap_passes_envoy_validate(case: str, dry_run: bool, tmp_path: Pat
 
 
 @pytest.mark.envoy
+@pytest.mark.golden
 @pytest.mark.parametrize(
     "case",
     [

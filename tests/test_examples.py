@@ -21,6 +21,7 @@ def meshgen(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("name", NAMES)
 def test_generated_outputs_are_current(name: str) -> None:
     result = meshgen("all", str(EXAMPLES / f"{name}.yaml"), "-o", str(EXAMPLES / name), "--check")

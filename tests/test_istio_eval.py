@@ -6,7 +6,6 @@ Expectations come from the Istio semantics notes, not from meshgen: this file mu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ from tests.istio_eval import (
     rule_matches,
     validate_policy,
 )
+from tests.istio_validation import shared_reference_dir
 
-EXAMPLES = Path("/work/shared/reference/istio-rbac-examples")
+EXAMPLES = shared_reference_dir() / "istio-rbac-examples"
 
 NS = "triton"
 TRITON = Workload(NS, {"app": "triton", "version": "v1"})
@@ -378,7 +378,7 @@ def test_path_pseudo_header_keeps_query() -> None:
         ("destination.ip", UnsupportedPolicyError),
         ("remote.ip", UnsupportedPolicyError),
         ("connection.sni", UnsupportedPolicyError),
-        ("experimental.envoy.filters.a.b[c]", UnsupportedPolicyError),
+        ("experimental.envoy.filters.a.b", InvalidPolicyError),
         ("destination.namespace", InvalidPolicyError),
         ("request.header[x]", InvalidPolicyError),
         ("request.headers[]", InvalidPolicyError),
@@ -389,6 +389,32 @@ def test_unsupported_when_keys_raise(key: str, error: type[ValueError]) -> None:
     with pytest.raises(error):
         rule_matches(when(key, ["x"]), req())
     assert issubclass(error, ValueError)
+
+
+GUARD = "envoy.filters.http.meshgen_grpc"
+
+
+@pytest.mark.parametrize(
+    ("values", "not_values", "metadata", "matches"),
+    [
+        (["add"], None, {GUARD: {"model": "add"}}, True),
+        (["add"], None, {GUARD: {"model": "Add"}}, False),  # exact, case-sensitive
+        (["add", "simple"], None, {GUARD: {"model": "simple"}}, True),  # values OR
+        (["add"], None, {}, False),  # a missing key matches no value
+        (["add"], None, {"envoy.filters.http.other": {"model": "add"}}, False),  # another filter's metadata
+        (["*"], None, {GUARD: {"model": ""}}, False),  # `*` is presence of a non-empty value
+        (["ad*"], None, {GUARD: {"model": "add"}}, True),  # Istio's prefix wildcard
+        (["[add]"], None, {GUARD: {"model": "add"}}, False),  # `[v]` is a list match; the value is a string
+        (None, ["*"], {}, True),  # notValues on a missing key hold
+        (None, ["*"], {GUARD: {"model": "add"}}, False),
+    ],
+)
+def test_experimental_filter_metadata_conditions(
+    values: list[str] | None, not_values: list[str] | None, metadata: dict[str, dict[str, str]], matches: bool
+) -> None:
+    """istiod's envoyFilterGenerator: experimental.envoy.filters.a.b[c] = metadata c of filter envoy.filters.a.b."""
+    rule = when(f"experimental.{GUARD}[model]", values, not_values)
+    assert rule_matches(rule, req(metadata=metadata)) is matches
 
 
 def test_when_key_is_checked_even_if_rule_fails_early() -> None:

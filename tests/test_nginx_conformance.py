@@ -20,15 +20,18 @@ import grpc
 import pytest
 
 from meshgen.catalog import load_catalog
+from meshgen.features import Feature
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from tests.support.backend import Backend, grpc_call_on
 from tests.support.goldens import golden_cases, load_case
-from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, loopback_variant
+from tests.support.h2client import GRPC_HEADERS, grpc_frame, h2_request, refused_by_proxy
+from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, grpc_message, loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
-from tests.support.targets import nginx_output
+from tests.support.targets import NGINX as NGINX_TARGET
+from tests.support.targets import enforced_by, nginx_output
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -47,6 +50,8 @@ class Proxy:
     spec: Spec
     backend: Backend
     ports: dict[str, int]
+    # nginx's reference: decide() for what nginx enforces (it withholds per-model gRPC: no body reading)
+    enforced: frozenset[Feature]
 
 
 @pytest.fixture(scope="module", params=EXPRESSIBLE)
@@ -76,7 +81,7 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
             },
         )
         with NginxProcess(text, list(ports.values())):
-            yield Proxy(spec, backend, ports)
+            yield Proxy(spec, backend, ports, enforced_by(NGINX_TARGET, policy))
 
 
 def http_status(
@@ -113,24 +118,34 @@ def test_matrix_matches_decide(proxy: Proxy) -> None:
 def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int, list[str]]:
     """(requests in ``matrix``, mismatches with decide()) on the running nginx."""
     mismatches: list[str] = []
-    skipped_grpc = 0
     grpc_requests: dict[str, list[tuple[str, Request]]] = {}
     total = 0
     for label, request in matrix:
         total += 1
-        expected = decide(proxy.spec, request).allowed
+        expected = decide(proxy.spec, request, proxy.enforced).allowed
+        if request.protocol == "grpc" and request.method != "POST":
+            # grpcio always sends POST: other method names go over raw HTTP/2.
+            response = h2_request(
+                proxy.ports["grpc"],
+                request.method,
+                request.path,
+                [*GRPC_HEADERS, *((name.lower(), value) for name, value in request.identity.headers.items())],
+                [grpc_frame(grpc_message(request))],
+                source_ip=request.identity.source_ip or "127.0.0.1",
+            )
+            if refused_by_proxy(response) == expected:
+                mismatches.append(f"{label}: over HTTP/2 nginx answered {response}, decide() allows={expected}")
+            continue
         if request.protocol == "grpc":
-            if any(name != name.lower() for name in request.identity.headers):
-                skipped_grpc += 1
-                continue
             grpc_requests.setdefault(request.identity.source_ip or "127.0.0.1", []).append((label, request))
             continue
         status = http_status(proxy, request)
-        if status not in (403,) and not 200 <= status < 300:
+        # 400: refused by nginx's request parser (a method name with lower-case letters) or its raw-path guard.
+        if status not in (400, 403) and not 200 <= status < 300:
             mismatches.append(f"{label}: unexpected HTTP {status}")
         elif (200 <= status < 300) != expected:
             mismatches.append(
-                f"{label}: nginx {'allowed' if status != 403 else 'denied'}, decide() "
+                f"{label}: nginx {'allowed' if 200 <= status < 300 else f'refused ({status})'}, decide() "
                 f"{'allows' if expected else 'denies'}"
             )
     for source_ip, calls in grpc_requests.items():
@@ -139,14 +154,15 @@ def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int
             grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel,
         ):
             for label, request in calls:
-                metadata = list(request.identity.headers.items())
-                code = grpc_call_on(channel, request.path, metadata)
-                expected = decide(proxy.spec, request).allowed
+                # HTTP/2 header names are lower case on the wire (grpcio refuses others client-side).
+                metadata = [(name.lower(), value) for name, value in request.identity.headers.items()]
+                code = grpc_call_on(channel, request.path, metadata, message=grpc_message(request))
+                expected = decide(proxy.spec, request, proxy.enforced).allowed
                 if code not in (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED):
                     mismatches.append(f"{label}: unexpected gRPC status {code.name}")
                 elif (code == grpc.StatusCode.OK) != expected:
                     mismatches.append(f"{label}: nginx {code.name}, decide() {'allows' if expected else 'denies'}")
-    print(f"matrix: {total} requests, {skipped_grpc} gRPC requests with upper-case metadata keys skipped")
+    print(f"matrix: {total} requests")
     return total, mismatches
 
 
@@ -222,18 +238,19 @@ def test_path_bypass_probes(proxy: Proxy) -> None:
     failures: list[str] = []
     for identity in _identities(proxy.spec):
         for method, path in _probe_targets(proxy.spec):
-            canonical_allowed = decide(proxy.spec, Request("http", method, path, identity)).allowed
+            canonical_allowed = decide(proxy.spec, Request("http", method, path, identity), proxy.enforced).allowed
             for probe in _variants(path):
                 before = len(proxy.backend.http_seen)
                 status = http_status(proxy, Request("http", method, probe, identity))
                 reached = proxy.backend.http_seen[before:]
                 who = f"{method} {probe!r} from {identity.source_ip} {dict(identity.headers)}"
                 if any(marker in probe.split("?", 1)[0] for marker in NON_CANONICAL) or "#" in probe:
-                    # Triton may decode or normalize these: they must never reach it.
-                    if 200 <= status < 300 or reached:
-                        failures.append(f"{who}: non-canonical path got {status}, backend saw {reached}")
+                    # Triton may decode or normalize these: they must never reach it. nginx's raw-path
+                    # guard answers 400 (docs/spec.md, non-canonical paths).
+                    if status != 400 or reached:
+                        failures.append(f"{who}: non-canonical path got {status} (not 400), backend saw {reached}")
                     continue
-                expected = decide(proxy.spec, Request("http", method, probe, identity)).allowed
+                expected = decide(proxy.spec, Request("http", method, probe, identity), proxy.enforced).allowed
                 if (200 <= status < 300) != expected:
                     failures.append(f"{who}: HTTP {status}, decide() {'allows' if expected else 'denies'}")
                 if not canonical_allowed and any(_normalized(r.split(" ", 1)[1]) == path for r in reached):
@@ -273,7 +290,7 @@ def test_header_bypass_probes(proxy: Proxy) -> None:
                     ("POST", "/v2/models/m/infer"),
                     ("GET", "/v2/models/stats"),
                 ]:
-                    expected = decide(proxy.spec, Request("http", method, path, identity)).allowed
+                    expected = decide(proxy.spec, Request("http", method, path, identity), proxy.enforced).allowed
                     status = http_status(proxy, Request("http", method, path, identity), headers=headers)
                     if (200 <= status < 300) != expected:
                         failures.append(
@@ -310,7 +327,7 @@ def test_large_body_is_not_limited(proxy: Proxy) -> None:
             request.protocol == "http"
             and request.method == "POST"
             and request.path.endswith("/infer")
-            and decide(proxy.spec, request).allowed
+            and decide(proxy.spec, request, proxy.enforced).allowed
         ):
             break
     else:

@@ -39,6 +39,7 @@ KINDS = {
 TARGET_IDS = [target.name for target in TARGETS]
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("case", golden_cases())
 def test_golden_directory_is_the_bundle(case: str, update_goldens: bool) -> None:
     """tests/golden/<case>/ = the files `meshgen all` writes + <output>.error per refusal + variants."""

@@ -77,7 +77,12 @@ class HttpEndpoint:
 class GrpcMethod:
     category: str
     path: str
-    model_scoped: bool
+    model_field: int | None = None  # field number of the model name in the request message
+    streaming: bool = False  # a stream: a proxy sees only its first message
+
+    @property
+    def model_scoped(self) -> bool:
+        return self.model_field is not None
 
     @property
     def name(self) -> str:
@@ -145,7 +150,9 @@ def load_catalog() -> Catalog:
         for item in entry["http"]:
             http.append(HttpEndpoint(category, port, tuple(item["methods"]), item["path"], _segments(item["path"])))
         for item in entry["grpc"]:
-            grpc.append(GrpcMethod(category, item["method"], bool(item.get("model_scoped", False))))
+            grpc.append(
+                GrpcMethod(category, item["method"], item.get("model_field"), bool(item.get("streaming", False)))
+            )
     literal = {e.template: e for e in http if not any(s in VARIABLES for s in e.segments)}
     http = [
         HttpEndpoint(

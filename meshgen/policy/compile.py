@@ -8,7 +8,7 @@ cannot) is not decided here but by the target's capability table (meshgen/target
 from __future__ import annotations
 
 from meshgen.address import PORT_NAMES, PortAddresses, parse_address
-from meshgen.catalog import HttpEndpoint, load_catalog
+from meshgen.catalog import GrpcMethod, HttpEndpoint, load_catalog
 from meshgen.errors import CompileWarning
 from meshgen.policy.identity import (
     ClientIdentity,
@@ -21,6 +21,7 @@ from meshgen.policy.identity import (
     Principals,
 )
 from meshgen.policy.model import (
+    BodyInspection,
     GrpcGrant,
     HttpGrant,
     Policy,
@@ -43,6 +44,16 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         http, grpc = rule_grants(rule)
         who = None if rule.from_ == "anyone" else tuple(clients[name] for name in rule.from_)
         rules.append(PolicyRule(index, rule.action, who, http, grpc, loaded.location("rules", index)))
+        streams = withheld_streams(rule)
+        if streams:
+            warnings.append(
+                CompileWarning(
+                    f"rules[{index}]: {', '.join(m.name for m in streams)} cannot be granted per model: a proxy "
+                    "sees only a stream's first message, and later ones can name another model; set "
+                    "grpcAllModels: true to grant it for every model",
+                    loaded.location("rules", index),
+                )
+            )
         if rule.grpc_all_models:
             names = ", ".join(grant.method.name for grant in grpc if grant.method.model_scoped)
             warnings.append(
@@ -70,6 +81,7 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         clients=tuple(clients.values()),
         rules=tuple(rules),
         warnings=tuple(warnings),
+        body_inspection=BodyInspection(spec.body_inspection.enabled, spec.body_inspection.max_bytes),
         standalone=standalone_settings(spec.standalone),
     )
 
@@ -98,7 +110,9 @@ def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...
     """(HTTP grants, gRPC grants) of one rule, in catalog order, each limited to the rule's models.
 
     A rule with ``models`` covers only the model-scoped endpoints and methods of its categories;
-    ``grpcAllModels`` grants its gRPC methods for every model (the conscious widening).
+    ``grpcAllModels`` grants its gRPC methods for every model (the conscious widening). A stream cannot
+    be limited to models (its later messages are never seen): an allow does not grant it, a deny denies
+    it for every model.
     """
     catalog = load_catalog()
     models = tuple(rule.models) if rule.models is not None else None
@@ -115,9 +129,20 @@ def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...
                 continue  # server-scoped: needs a rule without models
             elif rule.grpc_all_models:
                 grpc.append(GrpcGrant(method))
+            elif method.streaming:
+                if rule.action == "deny":
+                    grpc.append(GrpcGrant(method))
             else:
                 grpc.append(GrpcGrant(method, models))
     return tuple(http), tuple(grpc)
+
+
+def withheld_streams(rule: Rule) -> list[GrpcMethod]:
+    """Stream methods an allow rule with models does not grant (none with grpcAllModels)."""
+    if rule.action != "allow" or rule.models is None or rule.grpc_all_models:
+        return []
+    catalog = load_catalog()
+    return [m for c in rule.categories for m in catalog.grpc_methods(c) if m.streaming]
 
 
 def _covers(endpoint: HttpEndpoint, models: tuple[str, ...] | None) -> bool:

@@ -7,11 +7,12 @@ not the compiled rules the targets consume, so a compilation mistake cannot hide
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from meshgen.catalog import GrpcMethod, HttpMatch, load_catalog
+from meshgen.features import Feature
 from meshgen.spec.model import Client, Rule, Spec
 
 Protocol = Literal["http", "grpc", "metrics"]
@@ -37,6 +38,12 @@ class Request:
     method: str
     path: str  # HTTP path (query allowed) or gRPC "/package.Service/Method"
     identity: Identity = Identity()
+    # gRPC: the model the request message names, as protobuf parses it ("" when it names none);
+    # None when a proxy reading the body cannot prove it (not one canonical, uncompressed message).
+    body_model: str | None = ""
+
+
+EVERY_FEATURE: frozenset[Feature] = frozenset(Feature)
 
 
 @dataclass(frozen=True)
@@ -46,15 +53,18 @@ class Decision:
     reason: str
 
 
-def decide(spec: Spec, request: Request) -> Decision:
+def decide(spec: Spec, request: Request, enforced: Collection[Feature] = EVERY_FEATURE) -> Decision:
+    """``enforced``: what the deciding target can enforce (its capability table); by default everything,
+    i.e. what the spec means. Per-model gRPC needs ``Feature.PER_MODEL_GRPC`` and body inspection on."""
     target = _resolve(request)
     if isinstance(target, str):
         return Decision(False, None, target)
+    reads_body = Feature.PER_MODEL_GRPC in enforced and spec.body_inspection.enabled
     for index, rule in enumerate(spec.rules):
-        if rule.action == "deny" and _rule_matches(spec, rule, target, request):
+        if rule.action == "deny" and _rule_matches(spec, rule, target, request, reads_body):
             return Decision(False, index, f"denied by rules[{index}]")
     for index, rule in enumerate(spec.rules):
-        if rule.action == "allow" and _rule_matches(spec, rule, target, request):
+        if rule.action == "allow" and _rule_matches(spec, rule, target, request, reads_body):
             return Decision(True, index, f"allowed by rules[{index}]")
     return Decision(False, None, "no rule allows it (default deny)")
 
@@ -78,18 +88,26 @@ def _resolve(request: Request) -> HttpMatch | GrpcMethod | str:
     return match
 
 
-def _rule_matches(spec: Spec, rule: Rule, target: HttpMatch | GrpcMethod, request: Request) -> bool:
-    return _rule_covers(rule, target) and _from_matches(spec, rule, request.identity)
+def _rule_matches(spec: Spec, rule: Rule, target: HttpMatch | GrpcMethod, request: Request, reads_body: bool) -> bool:
+    return _rule_covers(rule, target, request, reads_body) and _from_matches(spec, rule, request.identity)
 
 
-def _rule_covers(rule: Rule, target: HttpMatch | GrpcMethod) -> bool:
+def _rule_covers(rule: Rule, target: HttpMatch | GrpcMethod, request: Request, reads_body: bool) -> bool:
     if isinstance(target, GrpcMethod):
         if target.category not in rule.categories:
             return False
         if rule.models is None:
             return True
-        # The model is in the protobuf body: an allow needs the explicit widening, a deny fails closed.
-        return target.model_scoped and (rule.action == "deny" or rule.grpc_all_models)
+        if not target.model_scoped:
+            return False  # server-scoped: needs a rule without models
+        if rule.grpc_all_models:
+            return True  # the conscious widening (allow rules only)
+        if target.streaming or not reads_body or request.body_model is None:
+            # The name is out of sight (a stream's later messages, a target that reads no bodies) or cannot
+            # be proven: an allow does not grant the method, a deny applies to every model (fail closed).
+            return rule.action == "deny"
+        # "" (no name: the server-wide form of ModelStatistics/TraceSetting) is never a listed model.
+        return request.body_model in rule.models
     if target.endpoint.category not in rule.categories:
         return False
     if rule.models is None:

@@ -67,7 +67,7 @@ class HttpGrant(_ModelLimited):
 
 @dataclass(frozen=True)
 class GrpcGrant(_ModelLimited):
-    """One gRPC method; the model is named in the protobuf request body."""
+    """One unary gRPC method; the model is named in the protobuf request message."""
 
     method: GrpcMethod
     models: tuple[str, ...] | None = None
@@ -129,6 +129,14 @@ class StandaloneSettings:
 
 
 @dataclass(frozen=True)
+class BodyInspection:
+    """Whether request bodies may be read for the model name, and how much of one at most."""
+
+    enabled: bool
+    max_bytes: int  # of one gRPC message (its 5-byte length prefix not counted)
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     namespace: str
@@ -139,6 +147,7 @@ class Policy:
     clients: tuple[ClientIdentity, ...]
     rules: tuple[PolicyRule, ...]
     warnings: tuple[CompileWarning, ...]
+    body_inspection: BodyInspection
     standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
 
     def port(self, name: PortName) -> int:

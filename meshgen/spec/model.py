@@ -190,6 +190,20 @@ class Standalone(Strict):
     tls: Tls | None = None
 
 
+# gRPC's default maximum message size (grpc-go, grpcio receive limit): Triton's ModelInfer payloads of
+# one image or a few small batches fit, and a proxy buffers one such message per inspected request
+# (docs/spec.md, docs/performance.md for the measurements).
+DEFAULT_INSPECTION_BYTES = 4 * 1024 * 1024
+MAX_INSPECTION_BYTES = 256 * 1024 * 1024
+
+
+class BodyInspection(Strict):
+    """Reading the model name from request bodies (gRPC protobuf) where a rule grants per model."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=DEFAULT_INSPECTION_BYTES, ge=1024, le=MAX_INSPECTION_BYTES, alias="maxBytes")
+
+
 class Spec(Strict):
     api_version: Literal["meshgen/v1"] = Field(alias="apiVersion")
     kind: Literal["TritonAccessPolicy"]
@@ -198,4 +212,5 @@ class Spec(Strict):
     mtls: Mtls = Mtls()
     clients: dict[ClientName, Client] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    body_inspection: BodyInspection = Field(default_factory=BodyInspection, alias="bodyInspection")
     standalone: Standalone | None = None

@@ -78,9 +78,10 @@ def enforced_except(exceptions: dict[Feature, Support]) -> Capabilities:
 
 
 # Support values several targets share, so they refuse and withhold in the same words.
-GRPC_BODY_NOT_READ = Withheld(
-    "gRPC carries the model name in the request body, which this output does not read",
-    "set grpcAllModels: true to grant them for every model",
+BODY_INSPECTION_OFF = Withheld(
+    "the spec switches body inspection off (bodyInspection.enabled: false), and gRPC carries the model name "
+    "in the request body",
+    "set bodyInspection.enabled: true, or grpcAllModels: true to grant them for every model",
 )
 
 
@@ -219,6 +220,13 @@ class Target(Generic[Options]):
         """The capability table for this policy and these options (a row for every Feature)."""
         return self.capability_table
 
+    def effective_capabilities(self, policy: Policy, options: Options) -> Capabilities:
+        """The table with the spec's own switches applied: body inspection off withholds what needs it."""
+        table = self.capabilities(policy, options)
+        if not policy.body_inspection.enabled and isinstance(table[Feature.PER_MODEL_GRPC], Enforced):
+            table = {**table, Feature.PER_MODEL_GRPC: BODY_INSPECTION_OFF}
+        return table
+
     def implementing_module(self) -> Implementation:
         return cast(Implementation, importlib.import_module(self.implementation))
 
@@ -227,7 +235,7 @@ class Target(Generic[Options]):
 
     def generate(self, policy: Policy, options: Options) -> Generated:
         """Apply the capability table, render, and check the rendered text says what was planned."""
-        capabilities = self.capabilities(policy, options)
+        capabilities = self.effective_capabilities(policy, options)
         if isinstance(options, DryRunOption) and options.dry_run:
             require(self.name, Feature.DRY_RUN, capabilities)
         lowered = lower(policy, self.name, capabilities)
@@ -236,6 +244,11 @@ class Target(Generic[Options]):
         if implementation.parse_back(rendered.text) != rendered.expected:
             raise AssertionError(f"{self.name} template mangled its output")
         return Generated(rendered.text, lowered.withheld)
+
+
+def enforced_features(capabilities: Capabilities) -> frozenset[Feature]:
+    """What a target with this table decides as the spec means it (``decide(..., enforced=...)``)."""
+    return frozenset(f for f, support in capabilities.items() if isinstance(support, Enforced | Delegated))
 
 
 def require(target: str, feature: Feature, capabilities: Capabilities) -> None:

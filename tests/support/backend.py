@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 
+from tests.support.grpc_messages import parsed_model
+
 STREAM_SUFFIX = "ModelStreamInfer"  # Triton's only bidirectional-streaming method
 
 
@@ -61,11 +63,18 @@ class _RecordingServer(ThreadingHTTPServer):
 
 
 class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untyped base
-    """Answers every method OK: unary with b"", streams by echoing one empty message."""
+    """Answers every method OK: unary with b"", streams by echoing one empty message; records the method
+    and, for model-scoped methods, the model protobuf reads from the (first) request message."""
 
-    def __init__(self, seen: list[str], lock: threading.Lock) -> None:
+    def __init__(self, seen: list[str], models: list[tuple[str, str | None]], lock: threading.Lock) -> None:
         self._seen = seen
+        self._models = models
         self._lock = lock
+
+    def _record(self, method: str, message: bytes) -> None:
+        model = parsed_model(method, message)
+        with self._lock:
+            self._models.append((method, model))
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
@@ -74,13 +83,15 @@ class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untype
         if method.endswith(STREAM_SUFFIX):
 
             def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-                for _ in requests:
+                for message in requests:
+                    self._record(method, message)
                     yield b""
                     return
 
             return grpc.stream_stream_rpc_method_handler(stream)
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self._record(method, request)
             return b""
 
         return grpc.unary_unary_rpc_method_handler(unary)
@@ -96,8 +107,10 @@ class Backend:
         self._http_thread.start()
         self._grpc_lock = threading.Lock()
         self.grpc_seen: list[str] = []
+        # (method, model protobuf parsed from the request message, None if it names none / does not parse)
+        self.grpc_models: list[tuple[str, str | None]] = []
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        self._grpc.add_generic_rpc_handlers((_AnyMethodHandler(self.grpc_seen, self._grpc_lock),))
+        self._grpc.add_generic_rpc_handlers((_AnyMethodHandler(self.grpc_seen, self.grpc_models, self._grpc_lock),))
         self.grpc_port: int = self._grpc.add_insecure_port("127.0.0.1:0")
         self._grpc.start()
         self._stopped = False
@@ -125,16 +138,20 @@ class Backend:
 
 
 def grpc_call_on(
-    channel: grpc.Channel, method_path: str, metadata: Sequence[tuple[str, str]], timeout: float = 5
+    channel: grpc.Channel,
+    method_path: str,
+    metadata: Sequence[tuple[str, str]],
+    timeout: float = 5,
+    message: bytes = b"",
 ) -> grpc.StatusCode:
-    """One generic call with an empty message on an open channel; the status it ended with."""
+    """One generic call sending ``message`` (raw request bytes) on an open channel; the status it ended with."""
     try:
         if method_path.endswith(STREAM_SUFFIX):
-            responses = channel.stream_stream(method_path)(iter([b""]), metadata=tuple(metadata), timeout=timeout)
+            responses = channel.stream_stream(method_path)(iter([message]), metadata=tuple(metadata), timeout=timeout)
             for _ in responses:
                 pass
         else:
-            channel.unary_unary(method_path)(b"", metadata=tuple(metadata), timeout=timeout)
+            channel.unary_unary(method_path)(message, metadata=tuple(metadata), timeout=timeout)
     except grpc.RpcError as error:
         code: grpc.StatusCode = error.code()
         return code

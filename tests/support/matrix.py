@@ -6,6 +6,7 @@ with ``meshgen.policy.decide`` request by request.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,9 +14,19 @@ from dataclasses import dataclass
 from meshgen.catalog import load_catalog
 from meshgen.policy import Identity, Request
 from meshgen.spec import Spec
+from tests.support.grpc_messages import bypass_message, request_message
 
 HTTP_METHODS = ("GET", "POST", "HEAD", "DELETE")
 RARE_METHODS = ("PUT", "OPTIONS", "PATCH")
+# Methods every HTTP/1.1 codec accepts; any other method name is sent over HTTP/2 (Envoy's HTTP/1 codec
+# answers 400 to unknown methods before any filter runs, so only HTTP/2 reaches its RBAC with them).
+STANDARD_METHODS = frozenset({*HTTP_METHODS, *RARE_METHODS})
+# gRPC methods whose method-name variants are probed on the gRPC port: server-, model- and admin-scoped.
+GRPC_VARIANT_PATHS = (
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/RepositoryIndex",
+)
 UNLISTED_MODEL = "unlisted_model"
 EXTRA_PATHS = (
     "/",
@@ -43,8 +54,11 @@ class NamedIdentity:
 
 
 def model_names(spec: Spec) -> list[str]:
+    """Listed models, then near misses: unlisted, the reserved ``stats``, a case variant, and a listed
+    name extended by one character (a prefix match would take it for the listed one)."""
     listed = sorted({model for rule in spec.rules for model in rule.models or ()})
-    return [*listed[:3], UNLISTED_MODEL, "stats", "Resnet50"]
+    extended = [f"{listed[0]}x"] if listed else []
+    return [*listed[:3], UNLISTED_MODEL, "stats", "Resnet50", *extended]
 
 
 def http_paths(spec: Spec, port: str) -> list[str]:
@@ -91,6 +105,11 @@ def identities(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[NamedIdentity
             result.append(
                 NamedIdentity(f"{name}~{header}-value", Identity(principal, source_ip, {**headers, header: flipped}))
             )
+            result.append(
+                NamedIdentity(
+                    f"{name}~{header}-longer", Identity(principal, source_ip, {**headers, header: value + "x"})
+                )
+            )
             missing = {k: v for k, v in headers.items() if k != header}
             result.append(NamedIdentity(f"{name}~{header}-missing", Identity(principal, source_ip, missing)))
             result.append(
@@ -114,8 +133,46 @@ def _just_outside(block: str) -> str:
     return str(ipaddress.ip_address(after))
 
 
+def method_variants(method: str) -> list[str]:
+    """Names a loose method match would take for ``method``: a prefix, suffixes, other cases."""
+    return [method[:-1], method + "X", method + method[-1], method.lower(), method.title()]
+
+
 def requests(spec: Spec) -> Iterator[tuple[str, Request]]:
     """(label, request) for every request shape, without identities."""
+    yield from _catalog_requests(spec)
+    yield from _cross_port_requests(spec)
+    yield from _method_variant_requests(spec)
+
+
+def _cross_port_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
+    """A gRPC method is one only on the gRPC port, an HTTP endpoint only on its own port."""
+    for port in ("http", "metrics"):
+        for method in load_catalog().grpc:
+            yield f"{port} POST {method.path}", Request(port, "POST", method.path)
+    for path in dict.fromkeys([*http_paths(spec, "http"), *http_paths(spec, "metrics")]):
+        yield f"grpc POST {path}", Request("grpc", "POST", path)
+
+
+def _method_variant_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
+    """Every method set of the catalog, on one endpoint of each port, with near-miss method names."""
+    models = model_names(spec)
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for endpoint in load_catalog().http:
+        if (endpoint.port, endpoint.methods) in seen:
+            continue
+        seen.add((endpoint.port, endpoint.methods))
+        path = endpoint.template.replace("{model}", models[0]).replace("{version}", "1")
+        path = path.replace("{region}", "r0").replace("{repo}", "repo0")
+        for method in endpoint.methods:
+            for variant in method_variants(method):
+                yield f"{endpoint.port} {variant} {path}", Request(endpoint.port, variant, path)
+    for path in GRPC_VARIANT_PATHS:
+        for variant in [*method_variants("POST"), "GET", "PUT"]:
+            yield f"grpc {variant} {path}", Request("grpc", variant, path)
+
+
+def _catalog_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
     for port in ("http", "metrics"):
         paths = [*http_paths(spec, port), *EXTRA_PATHS]
         for path in dict.fromkeys(paths):
@@ -124,15 +181,39 @@ def requests(spec: Spec) -> Iterator[tuple[str, Request]]:
         for method in RARE_METHODS:
             yield f"{port} {method} {paths[0]}", Request(port, method, paths[0])  # type: ignore[arg-type]
         yield f"{port} GET {paths[0]}?q=1", Request(port, "GET", paths[0] + "?q=1")  # type: ignore[arg-type]
-    for method in [m.path for m in load_catalog().grpc] + list(EXTRA_GRPC):
-        yield f"grpc {method}", Request("grpc", "POST", method)
+    bodies = body_models(spec)
+    for method in load_catalog().grpc:
+        if not method.model_scoped:
+            yield f"grpc {method.path}", Request("grpc", "POST", method.path)
+            continue
+        for model in bodies:
+            label = f"grpc {method.path} {'unproven' if model is None else f'model={model!r}'}"
+            yield label, Request("grpc", "POST", method.path, body_model=model)
+    for path in EXTRA_GRPC:
+        yield f"grpc {path}", Request("grpc", "POST", path)
+
+
+def body_models(spec: Spec) -> list[str | None]:
+    """What the gRPC request messages of the matrix name: the listed models and their near misses, no name,
+    and (None) a message whose model cannot be proven. Only one, no name, without any per-model rule."""
+    if not any(rule.models for rule in spec.rules):
+        return [""]
+    return [*(m for m in model_names(spec) if m != "stats"), "", None]
+
+
+def grpc_message(request: Request) -> bytes:
+    """The request message a matrix gRPC request sends: naming ``body_model``; for None the bypass of
+    grpc-body-authz-notes.md (an unlisted model hidden behind the name field's other wire type)."""
+    if request.body_model is None:
+        return bypass_message(request.path, "allowed_looking", UNLISTED_MODEL)
+    return request_message(request.path, request.body_model)
 
 
 def full_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> Iterator[tuple[str, Request]]:
     people = identities(spec, outsider_ip)
     for label, request in requests(spec):
         for person in people:
-            yield f"{label} as {person.label}", Request(request.protocol, request.method, request.path, person.identity)
+            yield f"{label} as {person.label}", dataclasses.replace(request, identity=person.identity)
 
 
 LOOPBACK_OUTSIDER_IP = "127.0.250.10"

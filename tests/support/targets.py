@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from meshgen.address import PortAddresses, parse_address
+from meshgen.features import Feature
 from meshgen.policy.model import Policy
+from meshgen.targets.contract import Target, enforced_features
 from meshgen.targets.envoy import EnvoyOptions
 from meshgen.targets.istio import IstioOptions
 from meshgen.targets.nginx import NginxOptions
@@ -69,3 +72,8 @@ def nginx_output(
 
 def triton_output(policy: Policy) -> str:
     return TRITON.generate(policy, TRITON.options_type()).text
+
+
+def enforced_by(target: Target[Any], policy: Policy, options: Any = None) -> frozenset[Feature]:
+    """What ``target`` decides as the spec means it: ``decide(spec, request, enforced_by(...))`` is its reference."""
+    return enforced_features(target.effective_capabilities(policy, options or target.options_type()))

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from meshgen.address import Address
 from meshgen.features import Feature
 from meshgen.targets.contract import (
-    GRPC_BODY_NOT_READ,
     Capabilities,
     OutputFile,
     Refused,
@@ -32,7 +31,7 @@ class EnvoyOptions(StandaloneOptions):
     admin: Address | None = address("--admin", "Add an admin listener here (bootstrap only).")
 
 
-FILTER_CAPABILITIES = enforced_except({Feature.PER_MODEL_GRPC: GRPC_BODY_NOT_READ})
+FILTER_CAPABILITIES = enforced_except({})
 NO_MTLS = Refused(
     "a standalone Envoy checks mesh identities only on mutual TLS, and the spec has no standalone.tls",
     "set standalone.tls (cert, key, clientCA) in the spec, or use the filter-only output inside a mesh that does mTLS",

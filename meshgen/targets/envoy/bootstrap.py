@@ -24,7 +24,8 @@ from meshgen.render import load_yaml
 from meshgen.render import render as render_template
 from meshgen.targets.contract import Rendered
 from meshgen.targets.envoy import EnvoyOptions
-from meshgen.targets.envoy.rbac import ENCODERS, rbac_filters
+from meshgen.targets.envoy.guard import MODEL_HEADER, NAMESPACE, UNPROVEN_KEY, inspected_methods
+from meshgen.targets.envoy.rbac import ENCODERS, http_filters
 from meshgen.targets.standalone import ProxyPort, proxy_ports
 
 __all__ = ["ENCODERS", "parse_back", "render"]
@@ -40,6 +41,8 @@ HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Http
 # (ModelStreamInfer) live as long as the client wants, so the gRPC route has no overall timeout.
 ROUTE_TIMEOUT = {"http": "300s", "grpc": "0s", "metrics": "15s"}
 STREAM_IDLE_TIMEOUT = "300s"
+GRPC_PREFIX = 5  # flag byte and 4-byte length in front of every gRPC message
+MIN_WINDOW = 65535  # HTTP/2's default window: never go below it
 
 
 def render(policy: Policy, options: EnvoyOptions) -> Rendered:
@@ -54,7 +57,7 @@ def parse_back(text: str) -> object:
 
 
 def render_filters(policy: Policy, dry_run: bool) -> Rendered:
-    filters = rbac_filters(policy, port=None, dry_run=dry_run)
+    filters = http_filters(policy, port=None, dry_run=dry_run)
     return Rendered(render_template("envoy", "filters.yaml.j2", filters=filters), filters)
 
 
@@ -77,7 +80,7 @@ def build_bootstrap(
     for proxy_port in ports:
         port = proxy_port.name
         cluster_name = f"triton_{port}"
-        hcm = {
+        hcm: dict[str, Any] = {
             "@type": HCM_TYPE,
             "stat_prefix": f"{policy.name}_{port}",
             "codec_type": "AUTO",
@@ -103,10 +106,14 @@ def build_bootstrap(
                 ],
             },
             "http_filters": [
-                *rbac_filters(policy, port=port, dry_run=dry_run),
+                *http_filters(policy, port=port, dry_run=dry_run),
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
             ],
         }
+        if port == "grpc" and inspected_methods(policy):
+            hcm.update(_inspection_settings(policy))
+            route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+            route["request_headers_to_remove"] = [MODEL_HEADER]  # the guard's copy, for RBAC only
         chain: dict[str, Any] = {"filters": [{"name": HCM, "typed_config": hcm}]}
         if tls is not None:
             chain["transport_socket"] = {
@@ -146,6 +153,57 @@ def build_bootstrap(
         clusters.append(cluster)
     admin_config = {"address": _socket_address(admin)} if admin is not None else None
     return {"admin": admin_config, "listeners": listeners, "clusters": clusters}
+
+
+def _inspection_settings(policy: Policy) -> dict[str, Any]:
+    """The gRPC listener's HTTP/2 windows, and refusals that say why for inspected calls.
+
+    The guard reads a message buffered whole, and a buffered request may hold about one stream window:
+    the window is the limit plus the 5-byte gRPC prefix. Past it Envoy answers 413, which gRPC has no
+    status for (clients would see UNKNOWN): it is rewritten to a 403, sent to gRPC clients as
+    PERMISSION_DENIED. A refusal because the guard could not prove the model names the reason. Requests
+    the guard skips stream through the same window with HTTP/2 flow control and no limit.
+    """
+    limit = policy.body_inspection.max_bytes
+    window = max(limit + GRPC_PREFIX, MIN_WINDOW)
+    too_large = f"meshgen: the request message is larger than the inspection limit ({limit} bytes)"
+
+    def unproven_is(value_match: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "metadata_filter": {"matcher": {"filter": NAMESPACE, "path": [{"key": UNPROVEN_KEY}], "value": value_match}}
+        }
+
+    return {
+        "http2_protocol_options": {"initial_stream_window_size": window, "initial_connection_window_size": window},
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 413, "runtime_key": "meshgen.inspection.status"},
+                            }
+                        }
+                    },
+                    "status_code": 403,
+                    "body": {"inline_string": too_large},
+                },
+                {"filter": unproven_is({"string_match": {"exact": "too-large"}}), "body": {"inline_string": too_large}},
+                {
+                    "filter": unproven_is({"present_match": True}),
+                    "body_format_override": {
+                        "text_format_source": {
+                            "inline_string": (
+                                "meshgen: the model named by the request message cannot be proven "
+                                f"(%DYNAMIC_METADATA({NAMESPACE}:{UNPROVEN_KEY})%)"
+                            )
+                        }
+                    },
+                },
+            ]
+        },
+    }
 
 
 def _socket_address(address: Address) -> dict[str, Any]:

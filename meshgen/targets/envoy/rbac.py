@@ -44,6 +44,15 @@ from meshgen.catalog import ANY_SEGMENT, HttpEndpoint
 from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Namespaces, Principals
 from meshgen.policy.model import Policy, PolicyRule
 from meshgen.targets.contract import Encoders, encode_identity
+from meshgen.targets.envoy.guard import (
+    INSPECTED_KEY,
+    MODEL_HEADER,
+    MODEL_KEY,
+    NAMESPACE,
+    UNPROVEN_KEY,
+    guard_filter,
+    inspected_methods,
+)
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -57,6 +66,12 @@ SOURCE_IP_INPUT = "envoy.matching.inputs.direct_source_ip"
 SOURCE_IP_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput"
 URI_SAN_INPUT = "envoy.matching.inputs.uri_san"
 URI_SAN_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"
+METADATA_INPUT = "envoy.matching.inputs.dynamic_metadata"
+METADATA_INPUT_TYPE = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput"
+METADATA_MATCHER = "envoy.matching.matchers.metadata_matcher"
+METADATA_MATCHER_TYPE = "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata"
+MATCH_DELEGATE_TYPE = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+SKIP_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
 IP_MATCHER = "envoy.matching.input_matchers.ip"
 IP_MATCHER_TYPE = "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip"
 GRPC_METHOD = "POST"  # every gRPC call is an HTTP/2 POST
@@ -67,6 +82,14 @@ NO_DENY = "no-deny-rule"
 DEFAULT_DENY = "default-deny"
 
 _MODEL = "{model}"
+
+
+def http_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
+    """The gRPC model guard (where a rule limits gRPC methods to models), then the RBAC filters."""
+    guard = []
+    if port in (None, "grpc") and inspected_methods(policy):
+        guard = [_guarded_only_where_needed(policy, guard_filter(policy), port)]
+    return [*guard, *rbac_filters(policy, port=port, dry_run=dry_run)]
 
 
 def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
@@ -127,7 +150,7 @@ def _entries(
         for client_name, identity in clients:
             on_match = _action(f"{rule.label}-from[{client_name}]", action)
             for group in groups:
-                entries.extend(group.entries(identity, on_match))
+                entries.extend(group.entries(identity, on_match, deny=action == "DENY"))
     return entries
 
 
@@ -168,6 +191,10 @@ class _Group:
         self.static: list[dict[str, Any]] = []  # path predicates
         self.tries: dict[tuple[str, TrieKey], _Trie] = {}  # per literal prefix and key kind, first-seen order
         self.fallback: dict[str, _RegexFallback] = {}  # gate regex -> its per-model regexes
+        self.grpc_models: dict[tuple[str, ...], list[str]] = {}  # models -> gRPC method paths limited to them
+
+    def add_grpc_models(self, method_path: str, models: tuple[str, ...]) -> None:
+        self.grpc_models.setdefault(models, []).append(method_path)
 
     def add_static(self, predicate: dict[str, Any]) -> None:
         if predicate not in self.static:
@@ -217,7 +244,9 @@ class _Group:
         for key in keys:
             trie.keys[key] = None
 
-    def entries(self, identity: list[dict[str, Any]], on_match: dict[str, Any]) -> list[dict[str, Any]]:
+    def entries(
+        self, identity: list[dict[str, Any]], on_match: dict[str, Any], *, deny: bool = False
+    ) -> list[dict[str, Any]]:
         head = [*self.head, *identity]
         result: list[dict[str, Any]] = []
         if self.static:
@@ -254,6 +283,8 @@ class _Group:
                     "on_match": {"matcher": nested},
                 }
             )
+        for models, methods in self.grpc_models.items():
+            result += _grpc_model_entries(head, methods, models, on_match, deny)
         return result
 
     def _guarded(self, literal: str) -> list[dict[str, Any]]:
@@ -283,10 +314,99 @@ def _groups(policy: Policy, rule: PolicyRule, port: PortName | None) -> list[_Gr
     if rule.grpc and port in (None, "grpc"):
         target = group("grpc", (GRPC_METHOD,), ())
         for grpc_grant in rule.grpc:
-            assert grpc_grant.models is None, "per-model gRPC grants are withheld by the capability table"
-            # gRPC paths carry no query: decide() compares the whole :path.
-            target.add_static(_path({"exact": grpc_grant.method.path}))
+            if grpc_grant.models is not None:
+                target.add_grpc_models(grpc_grant.method.path, grpc_grant.models)
+            else:
+                # gRPC paths carry no query: decide() compares the whole :path.
+                target.add_static(_path({"exact": grpc_grant.method.path}))
     return list(grouped.values())
+
+
+def _grpc_model_entries(
+    head: list[dict[str, Any]], methods: list[str], models: tuple[str, ...], on_match: dict[str, Any], deny: bool
+) -> list[dict[str, Any]]:
+    """Entries for methods limited to ``models``, named in the request message (the guard's metadata).
+
+    The name is looked up in a flat map keyed by the guard's request header, behind a gate that the
+    guard's metadata is present (a client's own header is removed by the guard, and without the metadata,
+    which only the guard writes, worthless). A deny also applies when the name is unproven, and when the
+    guard did not run at all (fail closed).
+    """
+    call = [*head, _any([_path({"exact": path}) for path in methods])]
+    lookup = {
+        "matcher_tree": {
+            "input": _header_input(MODEL_HEADER),
+            "exact_match_map": {"map": dict.fromkeys(models, on_match)},
+        }
+    }
+    entries = [{"predicate": _all([*call, _metadata_present(MODEL_KEY)]), "on_match": {"matcher": lookup}}]
+    if deny:
+        entries.append({"predicate": _all([*call, _metadata_present(UNPROVEN_KEY)]), "on_match": on_match})
+        guard_missing = {"not_matcher": _metadata_present(INSPECTED_KEY)}
+        entries.append({"predicate": _all([*call, guard_missing]), "on_match": on_match})
+    return entries
+
+
+def _metadata_present(key: str) -> dict[str, Any]:
+    return {
+        "single_predicate": {
+            "input": _input(METADATA_INPUT, METADATA_INPUT_TYPE, filter=NAMESPACE, path=[{"key": key}]),
+            "custom_match": {
+                "name": METADATA_MATCHER,
+                "typed_config": {"@type": METADATA_MATCHER_TYPE, "value": {"present_match": True}},
+            },
+        }
+    }
+
+
+def _guarded_only_where_needed(policy: Policy, guard: dict[str, Any], port: PortName | None) -> dict[str, Any]:
+    """The guard, skipped (by Envoy's match_delegate) for every request whose decision cannot depend on the
+    model: so clients whose grants are not per model see no new limit (size, compression) and no cost.
+
+    The guard runs when the method is limited to models for the caller and the model can change the
+    outcome: some deny rule limited to models matches, or some allow rule limited to models matches and
+    no rule for every model decides first (a deny for every model denies, an allow for every model allows,
+    whatever the model). Identities and paths are the RBAC entries' own predicates.
+    """
+    methods = {method.path for method in inspected_methods(policy)}
+    head = [_header(":method", {"exact": GRPC_METHOD})]
+    if port is None:
+        head.append(_single(_input(PORT_INPUT, PORT_INPUT_TYPE), {"exact": str(policy.port("grpc"))}))
+
+    def matching(action: str, limited: bool) -> list[dict[str, Any]]:
+        """Predicates 'a rule of ``action`` (limited to models or not) matches an inspected method'."""
+        found = []
+        for rule in policy.rules_for("allow" if action == "ALLOW" else "deny"):
+            paths = [g.method.path for g in rule.grpc if g.method.path in methods and (g.models is not None) == limited]
+            if not paths:
+                continue
+            who = [[]] if rule.clients is None else [identity_predicates(client) for client in rule.clients]
+            call = _any([_path({"exact": path}) for path in dict.fromkeys(paths)])
+            found += [_all([*head, *identity, call]) for identity in who]
+        return found
+
+    def either(predicates: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return _any(predicates) if predicates else None
+
+    deny_any, deny_limited = either(matching("DENY", False)), either(matching("DENY", True))
+    allow_any, allow_limited = either(matching("ALLOW", False)), either(matching("ALLOW", True))
+    depends: list[dict[str, Any]] = []
+    if deny_limited is not None:
+        depends.append(deny_limited)
+    if allow_limited is not None:
+        depends.append(allow_limited if allow_any is None else _all([allow_limited, {"not_matcher": allow_any}]))
+    inspect = _any(depends)
+    if deny_any is not None:
+        inspect = _all([inspect, {"not_matcher": deny_any}])
+    skip = {"action": {"name": "skip", "typed_config": {"@type": SKIP_FILTER_TYPE}}}
+    return {
+        "name": guard["name"],
+        "typed_config": {
+            "@type": MATCH_DELEGATE_TYPE,
+            "extension_config": guard,
+            "xds_matcher": {"matcher_list": {"matchers": [{"predicate": {"not_matcher": inspect}, "on_match": skip}]}},
+        },
+    }
 
 
 def path_predicates(pattern: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -310,12 +430,16 @@ def _regex(regex: str) -> dict[str, Any]:
     return {"google_re2": {}, "regex": regex}
 
 
-def _input(name: str, type_url: str, **fields: str) -> dict[str, Any]:
+def _input(name: str, type_url: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "typed_config": {"@type": type_url, **fields}}
 
 
 def _path_input() -> dict[str, Any]:
-    return _input(HEADER_INPUT, HEADER_INPUT_TYPE, header_name=":path")
+    return _header_input(":path")
+
+
+def _header_input(name: str) -> dict[str, Any]:
+    return _input(HEADER_INPUT, HEADER_INPUT_TYPE, header_name=name)
 
 
 def _single(matcher_input: dict[str, Any], value_match: dict[str, Any]) -> dict[str, Any]:

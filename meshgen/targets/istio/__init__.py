@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshgen.features import Feature
 from meshgen.targets.contract import (
-    GRPC_BODY_NOT_READ,
     DryRunOption,
     OutputFile,
     Target,
@@ -27,7 +25,7 @@ class IstioTarget(Target[IstioOptions]):
     outputs = (OutputFile("istio.yaml", IstioOptions(), kubernetes=True),)
     variants = (Variant("istio.yaml", "dry-run", IstioOptions(dry_run=True)),)
     implementation = "meshgen.targets.istio.policies"
-    capability_table = enforced_except({Feature.PER_MODEL_GRPC: GRPC_BODY_NOT_READ})
+    capability_table = enforced_except({})
 
 
 TARGET = IstioTarget()

@@ -20,9 +20,18 @@ from meshgen.policy.model import Policy, PolicyRule
 from meshgen.render import load_yaml_all
 from meshgen.render import render as render_template
 from meshgen.targets.contract import Encoders, Rendered, Unencodable, encode_identity
+from meshgen.targets.envoy.guard import (
+    INSPECTED_KEY,
+    MODEL_KEY,
+    NAMESPACE,
+    UNPROVEN_KEY,
+    guard_filter,
+    inspected_methods,
+)
 from meshgen.targets.istio import IstioOptions
 
 API_VERSION = "security.istio.io/v1"
+NETWORKING_API_VERSION = "networking.istio.io/v1alpha3"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "meshgen"}
 MAX_RULES = 512  # AuthorizationPolicy spec.rules maxItems in the Istio 1.30 CRD
 GRPC_METHOD = "POST"  # Istio matches gRPC by path; the HTTP/2 method is always POST
@@ -83,8 +92,19 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
             "annotations": annotations,
         }
     )
+    envoy_filters = []
+    if inspected_methods(policy):
+        envoy_filters.append(
+            {
+                "name": f"{policy.name}-grpc-model-guard",
+                "grpc_port": policy.port("grpc"),
+                "filter": guard_filter(policy),
+            }
+        )
     return {
         "api_version": API_VERSION,
+        "networking_api_version": NETWORKING_API_VERSION,
+        "envoy_filters": envoy_filters,
         "namespace": policy.namespace,
         "labels": dict(MANAGED_BY),
         "selector": dict(policy.selector),
@@ -132,29 +152,108 @@ def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
             "spec": peer_spec,
         }
     )
+    for envoy_filter in context["envoy_filters"]:
+        result.append(
+            {
+                "apiVersion": context["networking_api_version"],
+                "kind": "EnvoyFilter",
+                "metadata": metadata(envoy_filter["name"], {}),
+                "spec": {
+                    "workloadSelector": {"labels": context["selector"]},
+                    "configPatches": [guard_patch(envoy_filter["grpc_port"], envoy_filter["filter"])],
+                },
+            }
+        )
     return result
+
+
+def guard_patch(grpc_port: int, guard: dict[str, Any]) -> dict[str, Any]:
+    """Insert the guard before the sidecar's first RBAC filter, in the inbound chain of the gRPC port."""
+    return {
+        "applyTo": "HTTP_FILTER",
+        "match": {
+            "context": "SIDECAR_INBOUND",
+            "listener": {
+                "portNumber": grpc_port,
+                "filterChain": {
+                    "filter": {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "subFilter": {"name": "envoy.filters.http.rbac"},
+                    }
+                },
+            },
+        },
+        "patch": {"operation": "INSERT_BEFORE", "value": guard},
+    }
 
 
 def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = []
     for rule in rules:
         operations = _operations(policy, rule)
-        if not operations:
+        model_operations = _model_operations(policy, rule)
+        if not operations and not model_operations:
             continue
         for sources, conditions in _identity_groups(rule):
-            istio_rule: dict[str, Any] = {}
-            if sources:
-                istio_rule["from"] = [{"source": source} for source in sources]
-            istio_rule["to"] = operations
-            if conditions:
-                istio_rule["when"] = conditions
-            result.append(istio_rule)
+            if operations:
+                result.append(_istio_rule(sources, operations, conditions))
+            for operation, models in model_operations:
+                # The model comes from the guard's metadata (EnvoyFilter below): a rule of its own, since
+                # `when` applies to the whole rule. A deny also applies when the guard cannot prove the
+                # model, and when it did not run (fail closed).
+                result.append(_istio_rule(sources, [operation], [*conditions, _model_in(models)]))
+                if rule.action == "deny":
+                    result.append(_istio_rule(sources, [operation], [*conditions, _guard_says(UNPROVEN_KEY)]))
+                    result.append(_istio_rule(sources, [operation], [*conditions, *_guard_silent()]))
     if len(result) > MAX_RULES:
         raise TargetError(
             f"istio: the spec needs {len(result)} AuthorizationPolicy rules, more than Istio's limit of "
             f"{MAX_RULES}; merge clients that share rules or use fewer header-identified clients"
         )
     return result
+
+
+def _istio_rule(
+    sources: list[dict[str, Any]], operations: list[dict[str, Any]], conditions: list[dict[str, Any]]
+) -> dict[str, Any]:
+    istio_rule: dict[str, Any] = {}
+    if sources:
+        istio_rule["from"] = [{"source": source} for source in sources]
+    istio_rule["to"] = operations
+    if conditions:
+        istio_rule["when"] = conditions
+    return istio_rule
+
+
+def _guard_key(key: str) -> str:
+    """istiod reads experimental.envoy.filters.<a.b>[<key>] as metadata <key> of filter envoy.filters.<a.b>."""
+    return f"experimental.{NAMESPACE}[{key}]"
+
+
+def _model_in(models: tuple[str, ...]) -> dict[str, Any]:
+    # Model names hold no '*' (Istio's wildcard) and no '[' (its list syntax): each value is exact.
+    return {"key": _guard_key(MODEL_KEY), "values": list(models)}
+
+
+def _guard_says(key: str) -> dict[str, Any]:
+    return {"key": _guard_key(key), "values": ["*"]}
+
+
+def _guard_silent() -> list[dict[str, Any]]:
+    return [{"key": _guard_key(INSPECTED_KEY), "notValues": ["*"]}]
+
+
+def _model_operations(policy: Policy, rule: PolicyRule) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """gRPC operations limited to models, one per model list, in first-seen order."""
+    grouped: dict[tuple[str, ...], dict[str, None]] = {}
+    for grant in rule.grpc:
+        if grant.models is not None:
+            grouped.setdefault(grant.models, {})[grant.method.path] = None
+    port = str(policy.port("grpc"))
+    return [
+        ({"operation": {"ports": [port], "methods": [GRPC_METHOD], "paths": list(paths)}}, models)
+        for models, paths in grouped.items()
+    ]
 
 
 def _operations(policy: Policy, rule: PolicyRule) -> list[dict[str, Any]]:
@@ -165,8 +264,9 @@ def _operations(policy: Policy, rule: PolicyRule) -> list[dict[str, Any]]:
         paths = grouped.setdefault(key, {})
         for pattern in grant.patterns:
             paths[_istio_path(pattern)] = None
-    if rule.grpc:
-        grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())] = dict.fromkeys(g.method.path for g in rule.grpc)
+    unlimited = [g.method.path for g in rule.grpc if g.models is None]
+    if unlimited:
+        grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())] = dict.fromkeys(unlimited)
     operations = []
     for (port, methods, excluded), unique_paths in grouped.items():
         operation: dict[str, Any] = {"ports": [port], "methods": list(methods), "paths": list(unique_paths)}

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from meshgen.features import Feature
 from meshgen.targets.contract import (
-    GRPC_BODY_NOT_READ,
     OutputFile,
     Refused,
     StandaloneOptions,
     Target,
     Variant,
+    Withheld,
     directory,
     enforced_except,
     switch,
@@ -27,6 +27,10 @@ class NginxOptions(StandaloneOptions):
     no_daemon: bool = switch("--no-daemon", "Emit 'daemon off;' (run in the foreground; with --full).")
 
 
+NO_GRPC_BODY = Withheld(
+    "nginx cannot read gRPC request bodies, where gRPC carries the model name",
+    "set grpcAllModels: true to grant them for every model, or use the envoy or istio target",
+)
 MESH_IDENTITY = Refused(
     "nginx cannot verify the mTLS peer identity of an Istio sidecar",
     "identify this client by ipBlocks and/or headers, or use the istio or envoy target",
@@ -47,7 +51,7 @@ class NginxTarget(Target[NginxOptions]):
         {
             Feature.PRINCIPALS: MESH_IDENTITY,
             Feature.NAMESPACES: MESH_IDENTITY,
-            Feature.PER_MODEL_GRPC: GRPC_BODY_NOT_READ,
+            Feature.PER_MODEL_GRPC: NO_GRPC_BODY,
         }
     )
 

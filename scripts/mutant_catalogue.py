@@ -1,0 +1,488 @@
+"""The catalogue of security-relevant mutants run by scripts/mutants.py.
+
+Each mutant is a plausible mistake that widens (or otherwise breaks) what the output grants: an edit
+of the generator's code or templates, the property it breaks, and the behavioural tests expected to
+catch it (run with golden comparisons excluded). A snippet must occur exactly once in its file, so a
+mutant goes stale, and the run fails, when the code it mutates changes. Extend the catalogue whenever a
+target gains a feature (docs/testing.md says how).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the repository root
+    find: str  # must occur exactly once in the file
+    replace: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    breaks: str
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]  # pytest selection, most likely killer first
+    ci: bool = False  # in the fixed CI subset
+
+
+# --- behavioural suites (no goldens): the real proxies, the Istio evaluator, decisions -------------------
+ISTIO = (
+    "tests/test_istio.py",
+    "tests/test_istio_validation.py",
+    "tests/test_properties.py::test_istio_output_is_valid_and_agrees_with_decide",
+)
+ENVOY = (
+    "tests/test_envoy_conformance.py",
+    "tests/test_envoy.py",
+    "tests/test_properties.py::test_envoy_bootstraps_pass_envoy_validate",
+    "tests/test_properties.py::test_real_envoy_and_nginx_agree_with_decide",
+)
+NGINX = (
+    "tests/test_nginx_conformance.py",
+    "tests/test_nginx.py",
+    "tests/test_nginx_dryrun.py",
+    "tests/test_properties.py::test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented",
+    "tests/test_properties.py::test_real_envoy_and_nginx_agree_with_decide",
+)
+TRITON = ("tests/test_everyday.py", "tests/e2e/test_triton_flags.py")
+CONTRACT = ("tests/test_targets.py",)
+EVERY_TARGET = (*ISTIO, *ENVOY, *NGINX, *CONTRACT)
+
+COMPILE = "meshgen/policy/compile.py"
+CONTRACT_PY = "meshgen/targets/contract.py"
+ISTIO_PY = "meshgen/targets/istio/policies.py"
+RBAC = "meshgen/targets/envoy/rbac.py"
+BOOTSTRAP = "meshgen/targets/envoy/bootstrap.py"
+NGINX_CONFIG = "meshgen/targets/nginx/config.py"
+NGINX_FLAGS = "meshgen/targets/nginx/flags.py"
+NGINX_TEMPLATE = "templates/nginx/http.conf.j2"
+TRITON_PY = "meshgen/targets/triton/flags.py"
+
+
+def one(path: str, find: str, replace: str) -> tuple[Edit, ...]:
+    return (Edit(path, find, replace),)
+
+
+def first(test: str, suite: tuple[str, ...]) -> tuple[str, ...]:
+    """The suite, with the test expected to kill the mutant soonest run first."""
+    return (test, *suite)
+
+
+ENVOY_CONFORMANCE = "tests/test_envoy_conformance.py::"
+
+
+CATALOGUE: tuple[Mutant, ...] = (
+    # --- the policy compiler -------------------------------------------------------------------------
+    Mutant(
+        "compile-models-dropped",
+        "per-model HTTP grants widened to every model",
+        one(COMPILE, "HttpGrant(endpoint, models if endpoint.model_scoped else None)", "HttpGrant(endpoint, None)"),
+        EVERY_TARGET,
+        ci=True,
+    ),
+    Mutant(
+        "compile-server-scoped-with-models",
+        "a rule with models also grants its categories' server-scoped endpoints",
+        one(COMPILE, "return models is None or endpoint.model_scoped", "return True"),
+        EVERY_TARGET,
+    ),
+    Mutant(
+        "compile-grpc-all-models-always",
+        "per-model allow rules grant model-scoped gRPC for every model",
+        one(COMPILE, "elif rule.grpc_all_models:", "elif True:"),
+        EVERY_TARGET,
+    ),
+    Mutant(
+        "compile-allow-from-anyone",
+        "allow rules apply to anyone, not to their clients",
+        one(COMPILE, 'who = None if rule.from_ == "anyone" else', 'who = None if rule.action == "allow" else'),
+        EVERY_TARGET,
+        ci=True,
+    ),
+    Mutant(
+        "compile-deny-becomes-allow",
+        "deny rules become allow rules",
+        one(COMPILE, "PolicyRule(index, rule.action, who,", 'PolicyRule(index, "allow", who,'),
+        EVERY_TARGET,
+    ),
+    Mutant(
+        "compile-ip-kind-dropped",
+        "a client's ipBlocks are dropped (clients with more kinds match on fewer)",
+        one(COMPILE, "        kinds.append(IpBlocks(tuple(client.ip_blocks)))", "        pass"),
+        EVERY_TARGET,
+    ),
+    Mutant(
+        "compile-namespace-kind-dropped",
+        "a client's namespaces are dropped",
+        one(COMPILE, "        kinds.append(Namespaces(tuple(client.namespaces)))", "        pass"),
+        EVERY_TARGET,
+    ),
+    Mutant(
+        "compile-header-names-not-lowered",
+        "header names keep the spec's case",
+        one(COMPILE, "Header(header.lower(), ", "Header(header, "),
+        (*NGINX, *ISTIO, *ENVOY),
+    ),
+    # --- the capability contract ---------------------------------------------------------------------
+    Mutant(
+        "contract-withheld-allow-widened",
+        "an allow grant a target cannot narrow is widened to every model instead of withheld",
+        one(CONTRACT_PY, 'elif rule.action == "deny":', "elif True:"),
+        EVERY_TARGET,
+        ci=True,
+    ),
+    Mutant(
+        "contract-withheld-deny-dropped",
+        "a deny a target cannot narrow is dropped instead of applying to every model",
+        one(
+            CONTRACT_PY, "            if widened not in kept:\n                kept.append(widened)", "            pass"
+        ),
+        EVERY_TARGET,
+        ci=True,
+    ),
+    Mutant(
+        "contract-refusal-skipped",
+        "identity kinds a target cannot check are skipped instead of refused",
+        (
+            Edit(
+                CONTRACT_PY,
+                "            if isinstance(support, Refused | Withheld):\n                raise _client_refusal(",
+                "            if False:\n                raise _client_refusal(",
+            ),
+            Edit(
+                CONTRACT_PY,
+                'raise AssertionError(f"{target} enforces {kind.feature.value} but has no encoder for it")',
+                "continue",
+            ),
+        ),
+        (*CONTRACT, *NGINX, *ENVOY),
+    ),
+    # --- Istio -----------------------------------------------------------------------------------------
+    Mutant(
+        "istio-deny-policy-allows",
+        "the DENY policy is emitted with action ALLOW",
+        one(ISTIO_PY, '"action": "DENY", "rules": deny_rules', '"action": "ALLOW", "rules": deny_rules'),
+        ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-ports-dropped",
+        "operations are not pinned to their container port",
+        one(ISTIO_PY, '{"ports": [port], "methods": list(methods)', '{"methods": list(methods)'),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-grpc-on-http-port",
+        "gRPC grants are pinned to the HTTP port",
+        one(
+            ISTIO_PY,
+            'grouped[(str(policy.port("grpc")), (GRPC_METHOD,), ())]',
+            'grouped[(str(policy.port("http")), (GRPC_METHOD,), ())]',
+        ),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-stats-exclusion-dropped",
+        "the metadata template also grants /v2/models/stats",
+        one(ISTIO_PY, 'operation["notPaths"] = list(excluded)', "pass"),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-header-conditions-dropped",
+        "header-identified clients lose their request.headers conditions",
+        one(ISTIO_PY, 'when += [{"key": key, "values": list(values)} for key, values in match.when]', "pass"),
+        ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-ip-blocks-dropped",
+        "a client's ipBlocks are not written into its source",
+        one(
+            ISTIO_PY,
+            'IpBlocks: lambda kind, client: IstioMatch(source=(("ipBlocks", kind.blocks),)),',
+            "IpBlocks: lambda kind, client: IstioMatch(),",
+        ),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-always-dry-run",
+        "every policy is annotated dry-run (nothing enforced)",
+        one(ISTIO_PY, "annotations = dict(DRY_RUN) if dry_run else {}", "annotations = dict(DRY_RUN)"),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-peer-authentication-permissive",
+        "PeerAuthentication ignores the spec's mode",
+        one(ISTIO_PY, '"mode": policy.mtls_mode,', '"mode": "PERMISSIVE",'),
+        first("tests/test_istio.py::test_peer_authentication_enforces_the_specs_mode_on_every_port", ISTIO),
+        ci=True,
+    ),
+    # --- Envoy -----------------------------------------------------------------------------------------
+    Mutant(
+        "envoy-method-prefix",
+        ":method matched by prefix (GETX, POSTS pass)",
+        one(RBAC, '_header(":method", {"exact": m})', '_header(":method", {"prefix": m})'),
+        ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-destination-port-off-by-one",
+        "filter-only grants pinned to the wrong destination port",
+        one(RBAC, '{"exact": str(port_number)}', '{"exact": str(port_number + 1)}'),
+        ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-grpc-on-every-listener",
+        "gRPC grants also on the HTTP and metrics listeners",
+        one(RBAC, 'if rule.grpc and port in (None, "grpc"):', "if rule.grpc:"),
+        first(ENVOY_CONFORMANCE + "test_matrix_matches_decide", ENVOY),
+        ci=True,
+    ),
+    Mutant(
+        "envoy-ports-not-separated",
+        "a listener also carries the other ports' HTTP grants",
+        one(RBAC, "if port is not None and grant.endpoint.port != port:", "if False:"),
+        first(ENVOY_CONFORMANCE + "test_matrix_matches_decide", ENVOY),
+    ),
+    Mutant(
+        "envoy-deny-filter-dropped",
+        "the DENY filter is not emitted",
+        one(RBAC, "    if deny:\n        filters.append(", "    if False:\n        filters.append("),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-default-allow",
+        "the ALLOW filter allows what no entry matched",
+        one(RBAC, '_action(DEFAULT_DENY, "DENY")', '_action(DEFAULT_DENY, "ALLOW")'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-literal-path-prefix",
+        "a literal path also matches longer paths (prefix without '?')",
+        one(RBAC, '_path({"prefix": path + "?"})', '_path({"prefix": path})'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-segment-crosses-slash",
+        "a path variable matches across '/'",
+        one(RBAC, 'SEGMENT = "[^/?]+"', 'SEGMENT = "[^?]+"'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-query-unanchored",
+        "anything may follow a templated path",
+        one(RBAC, 'QUERY = r"(?:\\?.*)?"', 'QUERY = r".*"'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-model-key-prefix",
+        "a per-model key matches longer model names (simple -> simplex)",
+        one(RBAC, '(prefix + model + "/" for model in models),', "(prefix + model for model in models),"),
+        ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-per-model-identity-dropped",
+        "per-model grants lose their client identity (AND -> OR)",
+        one(
+            RBAC,
+            '"predicate": _all([*self._guarded(prefix), *identity, gate]),',
+            '"predicate": _all([*self._guarded(prefix), gate]),',
+        ),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-stats-exclusion-dropped",
+        "the metadata template also grants /v2/models/stats",
+        one(RBAC, "            if self.excluded:", "            if False:"),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-principal-prefix",
+        "principals matched by prefix",
+        one(RBAC, '{"exact": SPIFFE + p}', '{"prefix": SPIFFE + p}'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-namespace-regex-loose",
+        "namespaces matched as a prefix of the namespace segment",
+        one(RBAC, '/ns/{re.escape(ns)}/sa/[^/]+")', '/ns/{re.escape(ns)}.*")'),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-header-value-prefix",
+        "header values matched by prefix",
+        one(
+            RBAC,
+            '_header(header.name, {"exact": header.value.value})',
+            '_header(header.name, {"prefix": header.value.value})',
+        ),
+        ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-source-ip-from-xff",
+        "ipBlocks matched on the X-Forwarded-For address",
+        (
+            Edit(
+                RBAC,
+                'SOURCE_IP_INPUT = "envoy.matching.inputs.direct_source_ip"',
+                'SOURCE_IP_INPUT = "envoy.matching.inputs.source_ip"',
+            ),
+            Edit(
+                RBAC,
+                '"type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput"',
+                '"type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"',
+            ),
+            Edit(BOOTSTRAP, '"use_remote_address": True,', '"use_remote_address": True, "xff_num_trusted_hops": 1,'),
+        ),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-merge-slashes-off",
+        "'//' is not merged before deciding (decided apart from its canonical form)",
+        one(BOOTSTRAP, '"merge_slashes": True,', '"merge_slashes": False,'),
+        first(ENVOY_CONFORMANCE + "test_non_canonical_paths_are_decided_on_their_canonical_form", ENVOY),
+        ci=True,
+    ),
+    Mutant(
+        "envoy-escaped-slashes-forwarded",
+        "%2F is unescaped and forwarded instead of refused",
+        one(
+            BOOTSTRAP,
+            '"path_with_escaped_slashes_action": "REJECT_REQUEST",',
+            '"path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",',
+        ),
+        ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-normalize-path-off",
+        "dot segments and escapes reach RBAC unnormalized",
+        one(BOOTSTRAP, '"normalize_path": True,', '"normalize_path": False,'),
+        first(ENVOY_CONFORMANCE + "test_bypass_probes_never_reach_denied_endpoints", ENVOY),
+    ),
+    Mutant(
+        "envoy-client-certificate-optional",
+        "the mTLS listener accepts clients without a certificate",
+        one(BOOTSTRAP, '"require_client_certificate": True,', '"require_client_certificate": False,'),
+        first(ENVOY_CONFORMANCE + "test_mtls_listeners_refuse_clients_without_a_certificate", ENVOY),
+        ci=True,
+    ),
+    # --- NGINX -----------------------------------------------------------------------------------------
+    Mutant(
+        "nginx-method-anchor",
+        "the method map regex loses its \\z anchor (POSTS, GETX pass)",
+        one(NGINX_CONFIG, '(f"~^{regex_literal(m)}\\\\z", "1")', '(f"~^{regex_literal(m)}", "1")'),
+        NGINX,
+        ci=True,
+    ),
+    Mutant(
+        "nginx-header-anchor",
+        "header values matched by prefix",
+        one(
+            NGINX_FLAGS,
+            '(f"~^{regex_literal(definition.value)}\\\\z", "1")',
+            '(f"~^{regex_literal(definition.value)}", "1")',
+        ),
+        NGINX,
+        ci=True,
+    ),
+    Mutant(
+        "nginx-header-case-insensitive",
+        "header values matched case-insensitively",
+        one(
+            NGINX_FLAGS,
+            '(f"~^{regex_literal(definition.value)}\\\\z", "1")',
+            '(f"~*^{regex_literal(definition.value)}\\\\z", "1")',
+        ),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-spelling-guard",
+        "a model name's case is not checked (Resnet50 for resnet50)",
+        one(NGINX_FLAGS, 'SPELLING_GUARD = r"~^([^/]+)/(?:[^/]+/)*\\1(?:/|\\z)"', 'SPELLING_GUARD = r"~."'),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-client-kinds-or",
+        "a client matches when any of its identity kinds does (AND -> OR)",
+        one(NGINX_FLAGS, '[("default", "0"), ("1" * len(parts), "1")],', '[("default", "0"), ("~1", "1")],'),
+        NGINX,
+        ci=True,
+    ),
+    Mutant(
+        "nginx-rule-models-or",
+        "a per-model rule holds for its clients OR its models (AND -> OR)",
+        one(NGINX_FLAGS, '[("default", "0"), ("11", "1")],', '[("default", "0"), ("~1", "1")],'),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-deny-checks-dropped",
+        "deny rules are not checked in locations",
+        one(
+            NGINX_CONFIG,
+            "checks = [method, *(Check(step.flag.name) for step in deny if step.flag is not None)]",
+            "checks = [method]",
+        ),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-allow-check-dropped",
+        "locations forward without checking an allow rule matched",
+        one(NGINX_CONFIG, '        checks.append(Check(flag.name, "=", "0"))', "        pass"),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-regex-location-unanchored",
+        "templated locations match longer paths",
+        one(NGINX_CONFIG, 'path = "^/" + "/".join(parts) + "\\\\z"', 'path = "^/" + "/".join(parts)'),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-raw-path-guard-dropped",
+        "the raw URI is no longer compared with the normalized one (HTTP)",
+        one(NGINX_TEMPLATE, 'if ($request_uri != "$uri$is_args$args") {', 'if ($request_uri = "-never-") {'),
+        NGINX,
+        ci=True,
+    ),
+    Mutant(
+        "nginx-grpc-raw-path-guard-dropped",
+        "the raw URI is no longer compared with the normalized one (gRPC)",
+        one(NGINX_TEMPLATE, "    if ($request_uri != $uri) {", '    if ($request_uri = "-never-") {'),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-underscores-in-headers",
+        "x_triton_admin is taken for x-triton-admin",
+        one(NGINX_TEMPLATE, "    underscores_in_headers off;", "    underscores_in_headers on;"),
+        NGINX,
+    ),
+    Mutant(
+        "nginx-geo-from-xff",
+        "ipBlocks matched on X-Forwarded-For",
+        one(
+            NGINX_TEMPLATE,
+            "geo $remote_addr {{ geo.variable | nginx_var }} {",
+            "geo $http_x_forwarded_for {{ geo.variable | nginx_var }} {",
+        ),
+        NGINX,
+    ),
+    # --- Triton flags ------------------------------------------------------------------------------------
+    Mutant(
+        "triton-restricted-apis-dropped",
+        "no restricted-API flags (no defence in depth)",
+        one(TRITON_PY, "    yield from _restricted_apis(policy)\n", ""),
+        TRITON,
+    ),
+    Mutant(
+        "triton-grpc-never-disabled",
+        "gRPC stays enabled when nothing grants it",
+        one(TRITON_PY, "    if not any(rule.grpc for rule in allow):", "    if False:"),
+        TRITON,
+    ),
+)
