@@ -253,12 +253,16 @@ def check(
     grpc: Annotated[Optional[str], typer.Option(metavar="METHOD", help="A gRPC method, e.g. ModelInfer.")] = None,  # noqa: UP045
     header: Annotated[list[str], typer.Option(metavar="K=V", help="An extra request header.")] = [],  # noqa: B006
     port: Annotated[Optional[str], typer.Option(help="http or metrics (default: by path).")] = None,  # noqa: UP045
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(metavar="NAME", help="With --grpc: the model the request message names."),
+    ] = None,
 ) -> None:
     """What-if: ALLOW/DENY for one request and the rule that decides (exit 0 allow, 1 deny)."""
     from meshgen.whatif import what_if
 
     with diagnostics():
-        result = what_if(load(spec), from_, http, grpc, header, port)
+        result = what_if(load(spec), from_, http, grpc, header, port, model)
     typer.echo(result.text())
     raise typer.Exit(0 if result.decision.allowed else 1)
 

@@ -10,8 +10,10 @@ from meshgen.catalog import CATEGORIES, load_catalog
 from meshgen.identity import representative_identity
 from meshgen.policy import Decision, Identity, Request, decide
 from meshgen.spec import LoadedSpec, Spec
+from meshgen.spec.source import SourceDocument
 
 ANY_MODEL = "any-model"
+_EMPTY_SOURCE = SourceDocument("<explain>", {}, {})
 Format = Literal["table", "markdown", "json"]
 
 
@@ -22,7 +24,7 @@ class Cell:
     access: Literal["all", "some", "none"]
     models: tuple[str, ...] = ()  # when access is "some" because of per-model grants
     denied_by: tuple[int, ...] = ()  # deny rules that override an allow
-    withheld: bool = False  # gRPC model-scoped methods withheld from a per-model rule
+    withheld_on: tuple[str, ...] = ()  # targets that do not make a per-model gRPC grant shown here
 
     def text(self) -> str:
         if self.access == "all":
@@ -32,8 +34,8 @@ class Cell:
             parts.append("models: " + ", ".join(self.models))
         elif self.access == "some":
             parts.append("partial")
-        if self.withheld:
-            parts.append("withheld")
+        if self.withheld_on:
+            parts.append("withheld on " + ", ".join(self.withheld_on))
         if self.denied_by:
             parts.append("DENY " + ", ".join(f"rules[{i}]" for i in self.denied_by))
         return "; ".join(parts) or "-"
@@ -43,7 +45,8 @@ class Cell:
             "access": self.access,
             "models": list(self.models),
             "deniedBy": list(self.denied_by),
-            "grpcWithheld": self.withheld,
+            "grpcWithheld": bool(self.withheld_on),
+            "withheldOn": list(self.withheld_on),
         }
 
 
@@ -66,22 +69,43 @@ def _cells(spec: Spec, subject: str, identity: Identity, category: str, listed: 
             path = endpoint.template.replace("{model}", model or "")
             path = path.replace("{version}", "1").replace("{region}", "r").replace("{repo}", "r")
             http.append((model, decide(spec, Request(endpoint.port, endpoint.methods[0], path, identity))))
-    grpc: list[tuple[str | None, Decision]] = [
-        (None, decide(spec, Request("grpc", "POST", method.path, identity)))
-        for method in catalog.grpc_methods(category)
-    ]
-    withheld = any(
-        rule.action == "allow"
+    grpc: list[tuple[str | None, Decision]] = []
+    for method in catalog.grpc_methods(category):
+        # Model-scoped methods name the model in the request message: one decision per listed model.
+        for model in [*listed, ANY_MODEL] if method.model_scoped else [None]:
+            request = Request("grpc", "POST", method.path, identity, body_model=model or "")
+            grpc.append((model, decide(spec, request)))
+    per_model = [
+        rule
+        for rule in spec.rules
+        if rule.action == "allow"
         and rule.models is not None
         and not rule.grpc_all_models
         and category in rule.categories
         and (rule.from_ == "anyone" or subject in rule.from_)
-        for rule in spec.rules
-    )
-    return {"http": _summarize(spec, http, False), "grpc": _summarize(spec, grpc, withheld)}
+    ]
+    withheld_on = _withholding_targets(spec) if per_model and catalog.grpc_methods(category) else ()
+    return {"http": _summarize(spec, http, ()), "grpc": _summarize(spec, grpc, withheld_on)}
 
 
-def _summarize(spec: Spec, decisions: list[tuple[str | None, Decision]], withheld: bool) -> Cell:
+def _withholding_targets(spec: Spec) -> tuple[str, ...]:
+    """Targets whose capability tables do not make per-model gRPC grants (for this spec's switches)."""
+    from meshgen.features import Feature
+    from meshgen.policy import compile_policy
+    from meshgen.spec import LoadedSpec
+    from meshgen.targets.contract import Enforced
+    from meshgen.targets.registry import TARGETS
+
+    policy = compile_policy(LoadedSpec(spec, _EMPTY_SOURCE))
+    found = []
+    for target in TARGETS:
+        support = target.effective_capabilities(policy, target.options_type())[Feature.PER_MODEL_GRPC]
+        if not isinstance(support, Enforced) and target.name != "triton":
+            found.append(target.name)
+    return tuple(found)
+
+
+def _summarize(spec: Spec, decisions: list[tuple[str | None, Decision]], withheld_on: tuple[str, ...]) -> Cell:
     if not decisions:
         return Cell("none")
     allowed = [model for model, d in decisions if d.allowed]
@@ -89,10 +113,10 @@ def _summarize(spec: Spec, decisions: list[tuple[str | None, Decision]], withhel
     if len(allowed) == len(decisions):
         return Cell("all")
     if not allowed:
-        return Cell("none", denied_by=denied_by, withheld=withheld)
+        return Cell("none", denied_by=denied_by, withheld_on=withheld_on)
     models = tuple(sorted({m for m in allowed if m not in (None, ANY_MODEL)}))
     only_models = all(m not in (None, ANY_MODEL) for m in allowed)
-    return Cell("some", models if only_models else (), denied_by, withheld)
+    return Cell("some", models if only_models else (), denied_by, withheld_on)
 
 
 def render_explanation(loaded: LoadedSpec, fmt: Format) -> str:

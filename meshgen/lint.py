@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from meshgen.catalog import load_catalog
 from meshgen.errors import SourceLocation
 from meshgen.policy.compile import client_identity, rule_grants
 from meshgen.spec import Client, LoadedSpec, Rule
@@ -29,6 +30,7 @@ def lint(loaded: LoadedSpec) -> list[Finding]:
         *_literal_secrets(loaded),
         *_permissive_with_mtls_clients(loaded),
         *_rules_granting_nothing(loaded),
+        *_grpc_all_models_where_per_model_works(loaded),
     ]
     return sorted(findings, key=lambda f: (f.location.line, f.location.column, f.code))
 
@@ -144,4 +146,22 @@ def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:
                 "MG106",
                 f"rules[{index}] grants nothing: every category it allows is denied to anyone by a deny rule",
                 loaded.location("rules", index),
+            )
+
+
+def _grpc_all_models_where_per_model_works(loaded: LoadedSpec) -> Iterator[Finding]:
+    if not loaded.spec.body_inspection.enabled:
+        return
+    catalog = load_catalog()
+    for index, rule in _allow_rules(loaded):
+        if not rule.grpc_all_models:
+            continue
+        unary = [m.name for c in rule.categories for m in catalog.grpc_methods(c) if m.model_scoped and not m.streaming]
+        if unary:
+            yield Finding(
+                "MG107",
+                f"rules[{index}] sets grpcAllModels although the Envoy and Istio targets now grant "
+                f"{', '.join(unary)} per model from the request message: drop it to grant gRPC only for "
+                f"{', '.join(rule.models or ())} (ModelStreamInfer, never per model, would then be withheld)",
+                loaded.location("rules", index, "grpcAllModels"),
             )

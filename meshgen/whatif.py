@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from meshgen.errors import MeshgenError
@@ -22,6 +23,8 @@ class WhatIf:
         verdict = "ALLOW" if self.decision.allowed else "DENY"
         where = f" ({self.rule_location})" if self.rule_location else ""
         request = f"{self.request.protocol} {self.request.method} {self.request.path}"
+        if self.request.protocol == "grpc" and self.request.body_model:
+            request += f" (model {self.request.body_model})"
         return f"{verdict} {request}: {self.decision.reason}{where}"
 
 
@@ -32,6 +35,7 @@ def what_if(
     grpc: str | None,
     headers: list[str],
     port: str | None = None,
+    model: str | None = None,
 ) -> WhatIf:
     spec = loaded.spec
     if subject == "anyone":
@@ -49,6 +53,10 @@ def what_if(
         extra[name] = value
     identity = Identity(identity.principal, identity.source_ip, {**identity.headers, **extra})
     request = _request(http, grpc, identity, port)
+    if model is not None:
+        if request.protocol != "grpc":
+            raise MeshgenError("--model is for --grpc calls: an HTTP path names its model itself")
+        request = dataclasses.replace(request, body_model=model)
     decision = decide(spec, request)
     location = None
     if decision.rule_index is not None:

@@ -48,6 +48,7 @@ NGINX = (
     "tests/test_properties.py::test_real_envoy_and_nginx_agree_with_decide",
 )
 TRITON = ("tests/test_everyday.py", "tests/e2e/test_triton_flags.py")
+GRPC_BODY = ("tests/test_grpc_body.py", "tests/test_envoy_conformance.py")
 CONTRACT = ("tests/test_targets.py",)
 EVERY_TARGET = (*ISTIO, *ENVOY, *NGINX, *CONTRACT)
 
@@ -59,6 +60,7 @@ BOOTSTRAP = "meshgen/targets/envoy/bootstrap.py"
 NGINX_CONFIG = "meshgen/targets/nginx/config.py"
 NGINX_FLAGS = "meshgen/targets/nginx/flags.py"
 NGINX_TEMPLATE = "templates/nginx/http.conf.j2"
+GUARD = "templates/envoy/grpc_model_guard.lua.j2"
 TRITON_PY = "meshgen/targets/triton/flags.py"
 
 
@@ -372,6 +374,111 @@ CATALOGUE: tuple[Mutant, ...] = (
         one(BOOTSTRAP, '"require_client_certificate": True,', '"require_client_certificate": False,'),
         first(ENVOY_CONFORMANCE + "test_mtls_listeners_refuse_clients_without_a_certificate", ENVOY),
         ci=True,
+    ),
+    # --- the gRPC model guard (Envoy and Istio) and what reads its metadata ------------------------------
+    Mutant(
+        "guard-name-field-other-wire-type-ignored",
+        "the name field with another wire type is skipped, as grpc_field_extraction does (the measured bypass)",
+        one(GUARD, '    if number == field and wire ~= 2 then\n      return nil, "name-wire-type"\n    end\n', ""),
+        GRPC_BODY,
+        ci=True,
+    ),
+    Mutant(
+        "guard-last-name-wins",
+        "a repeated name field is accepted (the last one kept) instead of refused",
+        one(GUARD, "        if named then", "        if false then"),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "guard-compressed-accepted",
+        "a compressed message is scanned as if it were plain",
+        one(GUARD, "  if prefix:byte(1) ~= 0 then", "  if false then"),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "guard-second-message-accepted",
+        "a unary call carrying two messages is read from the first only",
+        one(GUARD, "  if size > 5 + length then", "  if false then"),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "guard-non-minimal-varints",
+        "non-minimal tags and lengths are accepted (5-byte tags alias field 1 in protobuf)",
+        one(GUARD, "      if k > 0 and byte == 0 then\n        return nil\n      end\n", ""),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "guard-limit-doubled",
+        "messages up to twice the inspection limit are read",
+        one(GUARD, "  if length > LIMIT then", "  if length > 2 * LIMIT then"),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "guard-name-alphabet-unchecked",
+        "a name outside the model-name alphabet is taken as proven",
+        one(GUARD, '  if name:find("[^A-Za-z0-9_.%-]") then', "  if false then"),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "rbac-model-gate-dropped",
+        "the model header is trusted without the guard's metadata (a client can forge it)",
+        one(
+            RBAC,
+            '[{"predicate": _all([*call, _metadata_present(MODEL_KEY)]), "on_match": {"matcher": lookup}}]',
+            '[{"predicate": _all(call), "on_match": {"matcher": lookup}}]',
+        ),
+        first(ENVOY_CONFORMANCE + "test_without_the_guard_per_model_grpc_fails_closed", GRPC_BODY),
+        ci=True,
+    ),
+    Mutant(
+        "rbac-deny-ignores-unproven",
+        "a deny limited to models does not apply when the guard cannot prove the model",
+        one(
+            RBAC,
+            '{"predicate": _all([*call, _metadata_present(UNPROVEN_KEY)]), "on_match": on_match}',
+            '{"predicate": _all([*call, {"not_matcher": _metadata_present(INSPECTED_KEY)}]), "on_match": on_match}',
+        ),
+        GRPC_BODY,
+        ci=True,
+    ),
+    Mutant(
+        "rbac-deny-ignores-missing-guard",
+        "a deny limited to models does not apply when the guard did not run",
+        one(RBAC, '        entries.append({"predicate": _all([*call, guard_missing]), "on_match": on_match})\n', ""),
+        first(ENVOY_CONFORMANCE + "test_without_the_guard_per_model_grpc_fails_closed", GRPC_BODY),
+    ),
+    Mutant(
+        "classifier-skips-deny-rules",
+        "the guard is skipped for callers whose only per-model rule is a deny",
+        one(RBAC, "    if deny_limited is not None:\n        depends.append(deny_limited)\n", ""),
+        GRPC_BODY,
+    ),
+    Mutant(
+        "istio-model-condition-dropped",
+        "per-model gRPC rules on Istio lose their model condition",
+        one(
+            ISTIO_PY,
+            "result.append(_istio_rule(sources, [operation], [*conditions, _model_in(models)]))",
+            "result.append(_istio_rule(sources, [operation], conditions))",
+        ),
+        ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-deny-ignores-unproven",
+        "Istio denies limited to models do not apply to unproven models",
+        one(
+            ISTIO_PY,
+            "result.append(_istio_rule(sources, [operation], [*conditions, _guard_says(UNPROVEN_KEY)]))",
+            "pass",
+        ),
+        ISTIO,
+    ),
+    Mutant(
+        "istio-guard-on-http-port",
+        "the EnvoyFilter inserts the guard on the HTTP port's chain",
+        one(ISTIO_PY, '"grpc_port": policy.port("grpc"),', '"grpc_port": policy.port("http"),'),
+        ISTIO,
     ),
     # --- NGINX -----------------------------------------------------------------------------------------
     Mutant(

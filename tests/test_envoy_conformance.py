@@ -101,14 +101,17 @@ def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) ->
 
 
 @contextmanager
-def start_filter_host(case: str, directory: Path) -> Iterator[RunningCase]:
+def start_filter_host(case: str, directory: Path, *, without_guard: bool = False) -> Iterator[RunningCase]:
     """The case's filter-only output inside a sidecar-like Envoy (tests/support/filter_host.py) whose
-    listeners are on the spec's container ports (free ports, set in the loopback variant)."""
+    listeners are on the spec's container ports (free ports, set in the loopback variant).
+    ``without_guard``: as installed by someone who left the gRPC model guard out."""
     loaded = load_case(case)
     container = {port: free_port() for port in PORTS}
     workload = loaded.spec.workload.model_copy(update={"ports": Ports(**container)})
     spec = loopback_variant(loaded.spec).model_copy(update={"workload": workload})
     filters = yaml.safe_load(envoy_output(compile_policy(LoadedSpec(spec, loaded.source))))
+    if without_guard:
+        filters = [entry for entry in filters if entry["name"] != "meshgen.grpc_model_guard"]
     ca = TestCA(directory) if _needs_mtls(spec) else None
     tls = None
     if ca is not None:
@@ -315,6 +318,30 @@ def test_filter_output_on_container_port_listeners_matches_decide(case: str, tmp
     if any(rule.action == "allow" for rule in host.spec.rules):
         assert allowed, "nothing was allowed at all"
     assert not mismatches, f"{len(mismatches)} of {total} requests differ from decide():\n" + "\n".join(mismatches[:20])
+
+
+def test_without_the_guard_per_model_grpc_fails_closed(tmp_path: Path) -> None:
+    """The RBAC filters never trust what only the guard may write: without it (a mistake when copying the
+    filter list), per-model grants deny, per-model denies deny, and a forged model header changes nothing."""
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    metadata = "/inference.GRPCInferenceService/ModelMetadata"
+    tenant, bulk = Identity(source_ip="127.0.1.1"), Identity(source_ip="127.0.3.1")
+    forged = Identity(source_ip="127.0.1.1", headers={"x-meshgen-grpc-model": "add"})
+    with start_filter_host("grpc-per-model", tmp_path, without_guard=True) as host:
+        for identity, path, model, allowed in [
+            (tenant, infer, "add", False),
+            (forged, infer, "add", False),
+            (forged, infer, "hidden", False),
+            (forged, metadata, "add", False),  # no per-model deny covers it: only the model gate refuses
+            (bulk, infer, "other", False),  # a deny names a model: without the guard it applies to all
+            (bulk, metadata, "other", True),  # no per-model rule for bulk's metadata calls
+        ]:
+            client = GrpcClient(host, identity)
+            try:
+                code = client.call(Request("grpc", "POST", path, identity, body_model=model))
+            finally:
+                client.close()
+            assert (code == grpc.StatusCode.OK) == allowed, (identity, path, model, code)
 
 
 def test_matrix_matches_decide(running: RunningCase) -> None:

@@ -33,6 +33,9 @@ CHECKS = [
         "DENY grpc POST /inference.GRPCInferenceService/ModelInfer",
         None,
     ),
+    (["--from", "gateway", "--grpc", "ModelInfer", "--model", "resnet50"], 0, "ALLOW grpc POST", 23),
+    (["--from", "gateway", "--grpc", "ModelInfer", "--model", "Resnet50"], 1, "DENY grpc POST", None),
+    (["--from", "gateway", "--grpc", "ModelStreamInfer", "--model", "resnet50"], 1, "DENY grpc POST", None),
     (["--from", "anyone", "--grpc", "/grpc.health.v1.Health/Check"], 0, "ALLOW grpc", 21),
     (["--from", "admin", "--http", "GET /v2/systemsharedmemory/status"], 1, "DENY http GET", 30),
     (["--from", "admin", "--header", "x-triton-admin=nope", "--http", "POST /v2/logging"], 1, "DENY", None),
@@ -70,8 +73,15 @@ def test_explain_json_is_the_full_matrix() -> None:
         "models": ["densenet_onnx", "resnet50"],
         "deniedBy": [],
         "grpcWithheld": False,
+        "withheldOn": [],
     }
-    assert gateway["inference"]["grpc"]["grpcWithheld"] is True
+    assert gateway["inference"]["grpc"] == {
+        "access": "some",
+        "models": ["densenet_onnx", "resnet50"],  # read from the request message on Envoy and Istio
+        "deniedBy": [],
+        "grpcWithheld": True,
+        "withheldOn": ["nginx"],
+    }
     assert data["access"]["anyone"]["shared-memory"]["http"]["deniedBy"] == [4]
     assert data["access"]["monitoring"]["metrics"]["http"]["access"] == "all"
 

@@ -170,11 +170,25 @@ def test_over_the_limit_is_permission_denied_with_a_clear_message(envoy: Running
     assert far_over.refused and far_over.response.headers.get("grpc-message") == message, far_over
 
 
-def test_refusals_of_unprovable_messages_say_why(envoy: RunningCase) -> None:
-    outcome = send(envoy, TENANT, INFER, [grpc_frame(name("add") + name("add"))])
+@pytest.mark.parametrize(
+    ("reason", "frames"),
+    [
+        ("name-twice", [grpc_frame(name("add") + name("add"))]),
+        ("more-than-one-message", [grpc_frame(name("add")) + grpc_frame(name("add"))]),
+        ("compressed", [grpc_frame(name("add"), compressed=True)]),
+    ],
+)
+def test_refusals_of_unprovable_messages_say_why(envoy: RunningCase, reason: str, frames: list[bytes]) -> None:
+    outcome = send(envoy, TENANT, INFER, frames)
     assert outcome.response.headers.get("grpc-message") == (
-        "meshgen: the model named by the request message cannot be proven (name-twice)"
+        f"meshgen: the model named by the request message cannot be proven ({reason})"
     ), outcome
+
+
+def test_a_plain_denial_keeps_envoys_own_message(envoy: RunningCase) -> None:
+    # The guard proved "hidden"; RBAC denies it. The inspection messages are for what the guard refused.
+    outcome = send(envoy, TENANT, METADATA, [grpc_frame(request_message(METADATA, "hidden"))])
+    assert outcome.refused and outcome.response.headers.get("grpc-message") == "RBAC: access denied", outcome
 
 
 @pytest.mark.parametrize(

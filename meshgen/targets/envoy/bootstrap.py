@@ -169,8 +169,13 @@ def _inspection_settings(policy: Policy) -> dict[str, Any]:
     too_large = f"meshgen: the request message is larger than the inspection limit ({limit} bytes)"
 
     def unproven_is(value_match: dict[str, Any]) -> dict[str, Any]:
+        # Envoy's default matches a missing key: every other local reply (RBAC, upstream failures)
+        # would then carry the guard's message.
         return {
-            "metadata_filter": {"matcher": {"filter": NAMESPACE, "path": [{"key": UNPROVEN_KEY}], "value": value_match}}
+            "metadata_filter": {
+                "matcher": {"filter": NAMESPACE, "path": [{"key": UNPROVEN_KEY}], "value": value_match},
+                "match_if_key_not_found": False,
+            }
         }
 
     return {
