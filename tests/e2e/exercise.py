@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,9 @@ import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
 import tritonclient.http as httpclient  # type: ignore[import-untyped]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
+from meshgen.features import Feature
 from meshgen.policy import Identity, Request, decide
+from meshgen.policy.decide import EVERY_FEATURE
 from meshgen.spec import Spec
 from tests.e2e.calls import Call, Clients, all_calls
 from tests.e2e.triton_server import TritonServer
@@ -74,18 +76,23 @@ class Outcome:
     def label(self) -> str:
         return f"{self.call.label} as {self.identity.label}"
 
-    def expected_allowed(self, spec: Spec) -> bool:
-        """decide() on every wire request the call made (all of them must be allowed)."""
-        return bool(self.wire) and all(decide(spec, to_request(wire)).allowed for wire in self.wire)
+    def expected_allowed(self, spec: Spec, enforced: Collection[Feature] = EVERY_FEATURE) -> bool:
+        """decide() on every wire request the call made (all of them must be allowed), for a target that
+        enforces ``enforced``. tritonclient's gRPC messages are canonical, so the model a body-reading
+        proxy proves is the call's own model."""
+        return bool(self.wire) and all(decide(spec, self.request(wire), enforced).allowed for wire in self.wire)
+
+    def request(self, wire: WireRequest) -> Request:
+        return to_request(wire, self.call.model or "")
 
     def reached_triton(self) -> bool:
         marker = GRPC_ARRIVAL if self.call.protocol == "grpc" else HTTP_ARRIVAL
         return marker in self.triton_log
 
 
-def to_request(wire: WireRequest) -> Request:
+def to_request(wire: WireRequest, body_model: str | None = "") -> Request:
     identity = Identity(None, wire.source_ip, dict(wire.headers))
-    return Request(wire.protocol, wire.method, wire.path, identity)
+    return Request(wire.protocol, wire.method, wire.path, identity, body_model if wire.protocol == "grpc" else "")
 
 
 def _inference_count(direct: Any, model: str) -> int:

@@ -28,17 +28,18 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip in
 import yaml
 
 from meshgen.catalog import load_catalog
-from meshgen.policy import compile_policy, decide
+from meshgen.features import Feature
+from meshgen.policy import compile_policy
 from meshgen.spec import LoadedSpec, Spec, load_spec
-from tests.e2e.exercise import SPECS_DIR, Outcome, ProxyPorts, run_pass, to_request
+from meshgen.targets.registry import target_named
+from tests.e2e.exercise import SPECS_DIR, Outcome, ProxyPorts, run_pass
 from tests.e2e.triton_server import TritonServer
-from tests.e2e.wire import WireRequest
-from tests.istio_eval import IstioRequest, Workload, evaluate
 from tests.support.envoy_process import EnvoyProcess
+from tests.support.istio_matrix import istio_mismatches
 from tests.support.matrix import loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
-from tests.support.targets import envoy_output, istio_output, nginx_output
+from tests.support.targets import ISTIO, enforced_by, envoy_output, istio_output, nginx_output
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +58,10 @@ class Exercised:
     loaded: LoadedSpec
     outcomes: list[Outcome]
     seconds: float
+    enforced: frozenset[Feature]  # the proxy's capabilities: decide() with them is its reference
+
+    def granted(self, outcome: Outcome) -> bool:
+        return outcome.expected_allowed(self.spec, self.enforced)
 
 
 def load_e2e_spec(name: str) -> tuple[Spec, LoadedSpec]:
@@ -102,18 +107,20 @@ def exercised(
     with process:
         outcomes = run_pass(triton, ports, spec)
     seconds = time.monotonic() - started
-    granted = sum(outcome.expected_allowed(spec) for outcome in outcomes)
+    enforced = enforced_by(target_named(target), compile_policy(loaded))
+    done = Exercised(spec_name, target, spec, loaded, outcomes, seconds, enforced)
+    granted = sum(map(done.granted, outcomes))
     print(f"\n{spec_name}/{target}: {len(outcomes)} calls ({granted} granted) in {seconds:.1f} s")
-    print(summary(outcomes, spec))
-    yield Exercised(spec_name, target, spec, loaded, outcomes, seconds)
+    print(summary(done))
+    yield done
 
 
-def summary(outcomes: list[Outcome], spec: Spec) -> str:
+def summary(exercised: Exercised) -> str:
     """One line per call: the identities it was granted to (the rest were refused)."""
     granted: dict[str, list[str]] = {}
-    for outcome in outcomes:
+    for outcome in exercised.outcomes:
         names = granted.setdefault(outcome.call.label, [])
-        if outcome.expected_allowed(spec):
+        if exercised.granted(outcome):
             names.append(outcome.identity.label)
     return "\n".join(f"  {label:<40} granted to: {', '.join(names) or '-'}" for label, names in granted.items())
 
@@ -128,7 +135,7 @@ def test_every_call_is_one_wire_request(exercised: Exercised) -> None:
 
 
 def test_both_grants_and_refusals_are_exercised(exercised: Exercised) -> None:
-    decisions = Counter((o.call.protocol, o.expected_allowed(exercised.spec)) for o in exercised.outcomes)
+    decisions = Counter((o.call.protocol, exercised.granted(o)) for o in exercised.outcomes)
     for protocol in ("http", "grpc"):  # metrics: granted by edge only, refused in both specs
         assert decisions[(protocol, True)] and decisions[(protocol, False)], decisions
 
@@ -136,7 +143,7 @@ def test_both_grants_and_refusals_are_exercised(exercised: Exercised) -> None:
 def test_granted_calls_succeed_with_correct_results(exercised: Exercised) -> None:
     problems = []
     for outcome in exercised.outcomes:
-        if not outcome.expected_allowed(exercised.spec):
+        if not exercised.granted(outcome):
             continue
         if outcome.error is not None:
             problems.append(f"{outcome.label}: {outcome.error.status()} {outcome.error.message()}")
@@ -167,7 +174,7 @@ def _refused_by_proxy(outcome: Outcome) -> str | None:
 def test_denied_calls_get_the_proxys_refusal(exercised: Exercised) -> None:
     problems = []
     for outcome in exercised.outcomes:
-        if outcome.expected_allowed(exercised.spec):
+        if exercised.granted(outcome):
             continue
         why = _refused_by_proxy(outcome)
         if why is not None:
@@ -180,7 +187,7 @@ def test_denied_calls_never_reach_triton(exercised: Exercised) -> None:
     for outcome in exercised.outcomes:
         if outcome.call.protocol == "metrics":
             continue  # Triton does not log metrics scrapes; the 403 above is the proof there
-        allowed = outcome.expected_allowed(exercised.spec)
+        allowed = exercised.granted(outcome)
         if outcome.reached_triton() != allowed:
             problems.append(
                 f"{outcome.label}: granted={allowed} but Triton's log says reached={outcome.reached_triton()}"
@@ -193,35 +200,19 @@ def test_triton_counted_exactly_the_granted_inferences(exercised: Exercised) -> 
     problems = []
     inference = [o for o in exercised.outcomes if o.call.category == "inference"]
     for outcome in inference:
-        wanted = int(outcome.expected_allowed(exercised.spec))
+        wanted = int(exercised.granted(outcome))
         if outcome.inferences_counted != wanted:
             problems.append(f"{outcome.label}: Triton counted {outcome.inferences_counted}, expected {wanted}")
     assert not problems, _report(problems, len(inference))
 
 
-def _istio_request(wire: WireRequest, spec: Spec) -> IstioRequest:
-    ports = spec.workload.ports
-    port = {"http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics}[wire.protocol]
-    return IstioRequest(
-        port=port, method=wire.method, path=wire.path, principal=None, source_ip=wire.source_ip, headers=wire.headers
-    )
-
-
 def test_istio_decides_the_recorded_wire_like_decide(exercised: Exercised) -> None:
     """Istio cannot run here: the generated AuthorizationPolicies are evaluated on the exact requests."""
-    policies = [
-        doc
-        for doc in yaml.safe_load_all(istio_output(compile_policy(exercised.loaded)))
-        if doc["kind"] == "AuthorizationPolicy"
-    ]
-    workload = Workload(exercised.spec.metadata.namespace, exercised.spec.workload.selector)
-    problems = []
-    wires = [(outcome, wire) for outcome in exercised.outcomes for wire in outcome.wire]
-    for outcome, wire in wires:
-        expected = decide(exercised.spec, to_request(wire)).allowed
-        if evaluate(policies, workload, _istio_request(wire, exercised.spec)) != expected:
-            problems.append(f"{outcome.label}: {wire.method} {wire.path}: istio != decide() ({expected})")
-    assert not problems, _report(problems, len(wires))
+    policy = compile_policy(exercised.loaded)
+    documents = list(yaml.safe_load_all(istio_output(policy)))
+    matrix = [(outcome.label, outcome.request(wire)) for outcome in exercised.outcomes for wire in outcome.wire]
+    problems = istio_mismatches(exercised.spec, documents, matrix, enforced_by(ISTIO, policy))
+    assert not problems, _report(problems, len(matrix))
 
 
 def test_every_wire_request_is_in_the_catalog_under_its_category(exercised: Exercised) -> None:
