@@ -3,7 +3,8 @@
 Sections (all ratios measured side by side in this one run; the machine may be shared):
 compile scaling per target and ``meshgen all`` (time, output size, peak RSS); CLI start-up vs
 ``python -c "import typer"``; Envoy data plane (and NGINX's, from benchmarks/nginx_dataplane.py when
-present); Envoy and nginx validate time and peak RSS on the largest config.
+present); the Envoy gRPC model guard's cost, buffered RSS and real Triton request sizes
+(benchmarks/envoy_inspection.py); Envoy and nginx validate time and peak RSS on the largest config.
 ``--smoke``: tiny sizes and durations, no thresholds (CI runs it so the harness never rots).
 """
 
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +164,31 @@ def dataplane_rows(sizes: list[int], duration: float, pairs: int) -> tuple[list[
     return rows, notes
 
 
+def inspection_rows(duration: float, pairs: int, smoke: bool) -> tuple[list[Row], list[Row], list[Row], list[str]]:
+    """The gRPC model guard (benchmarks/envoy_inspection.py): cost rows, buffered-RSS rows, payload sizes.
+
+    ``smoke``: the 100-byte message only and two 1 MiB calls held open.
+    """
+    from benchmarks import envoy_inspection as inspection
+
+    sizes = ["100 B"] if smoke else list(inspection.SIZES)
+    held = ((2,), (inspection.MIB,)) if smoke else ((8, 32), (inspection.MIB, 4 * inspection.MIB))
+    parts: list[tuple[str, Callable[[], list[Row]]]] = [
+        ("cost", lambda: inspection.envoy_inspection(duration, pairs, sizes)),
+        ("buffered RSS", lambda: inspection.buffered_rss(*held)),
+        ("payload sizes", inspection.triton_payload_sizes),
+    ]
+    results: list[list[Row]] = []
+    notes: list[str] = []
+    for name, call in parts:
+        try:
+            results.append(call())
+        except Exception as error:  # one section failing must not lose the table
+            notes.append(f"gRPC inspection {name} failed: {error!r}")
+            results.append([])
+    return results[0], results[1], results[2], notes
+
+
 def fmt(value: object, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
@@ -227,6 +254,26 @@ def main() -> int:
                     ["target", "models", "ratio", "p50_ms", "p99_ms", "rps", "base_rps", "note"],
                 )
             )
+            from benchmarks import envoy_inspection as inspection
+
+            rows, rss, payloads, more = inspection_rows(duration, pairs, args.smoke)
+            notes += more
+            sections.append(
+                table(
+                    "gRPC model guard (ratio = req/s with the guard / without; cpu = Envoy µs per request; "
+                    "per-model: vs bodyInspection off + grpcAllModels; all-models: vs the guard deleted)",
+                    rows,
+                    inspection.COLUMNS,
+                )
+            )
+            sections.append(
+                table(
+                    "gRPC model guard: Envoy RSS per inspected call held open (whole message, no END_STREAM)",
+                    rss,
+                    inspection.RSS_COLUMNS,
+                )
+            )
+            sections.append(table("Triton ModelInferRequest sizes", payloads, inspection.PAYLOAD_COLUMNS))
         sections.append(
             table(
                 "Validate the largest config",

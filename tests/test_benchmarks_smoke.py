@@ -27,3 +27,5 @@ def test_benchmark_smoke_prints_one_table() -> None:
     assert "| envoy --mode validate | 30 | 3 |" in out
     if "--skip-dataplane" not in args:
         assert "| envoy | 10 |" in out
+        assert "## gRPC model guard" in out and "| per-model | 100 B |" in out, out
+        assert "gRPC inspection" not in out, out  # no section of it failed
