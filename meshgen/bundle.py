@@ -32,6 +32,7 @@ def build_bundle(policy: Policy) -> Bundle:
     files: dict[str, str] = {}
     skipped: dict[str, TargetError] = {}
     withheld: list[Withholding] = []
+    notes: dict[CompileWarning, None] = {}
     resources: list[str] = []
     for target in TARGETS:
         for output in target.outputs:
@@ -44,10 +45,11 @@ def build_bundle(policy: Policy) -> Bundle:
                 continue
             files[output.name] = generated.text
             withheld += generated.withheld
+            notes.update(dict.fromkeys(generated.warnings))
             if output.kubernetes:
                 resources.append(output.name)
     files[KUSTOMIZATION] = kustomization(resources)
-    return Bundle(dict(sorted(files.items())), skipped, tuple(merged_warnings(withheld)))
+    return Bundle(dict(sorted(files.items())), skipped, (*merged_warnings(withheld), *notes))
 
 
 def kustomization(resources: list[str]) -> str:

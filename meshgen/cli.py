@@ -169,6 +169,7 @@ def _register(target: Target[Any]) -> None:
             _warn(policy.warnings)
             generated = target.generate(policy, options)
             _warn([item.warning() for item in generated.withheld])
+            _warn(generated.warnings)
             write_output(generated.text, output)
 
     spec_parameter = inspect.Parameter("spec", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=SpecArg)

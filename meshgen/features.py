@@ -16,6 +16,7 @@ class Feature(Enum):
     NAMESPACES = "namespaces"
     IP_BLOCKS = "ipBlocks"
     HEADERS = "headers"
+    JWT = "jwt"
     PER_MODEL_HTTP = "per-model HTTP grants"
     PER_MODEL_GRPC = "per-model gRPC grants"
     DRY_RUN = "dry-run"
@@ -30,4 +31,4 @@ class Feature(Enum):
         return self in (Feature.PER_MODEL_HTTP, Feature.PER_MODEL_GRPC)
 
 
-IDENTITY_FEATURES = frozenset({Feature.PRINCIPALS, Feature.NAMESPACES, Feature.IP_BLOCKS, Feature.HEADERS})
+IDENTITY_FEATURES = frozenset({Feature.PRINCIPALS, Feature.NAMESPACES, Feature.IP_BLOCKS, Feature.HEADERS, Feature.JWT})

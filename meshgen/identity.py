@@ -6,6 +6,7 @@ Used by ``meshgen check`` and ``meshgen explain`` to ask the reference ``decide`
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from meshgen.policy import Identity
 from meshgen.spec import Client
@@ -22,4 +23,15 @@ def representative_identity(client: Client) -> Identity:
         network = ipaddress.ip_network(client.ip_blocks[0], strict=False)
         source_ip = str(network.network_address + (1 if network.num_addresses > 1 else 0))
     headers = {name: str(value) for name, value in (client.headers or {}).items()}
-    return Identity(principal, source_ip, headers)
+    return Identity(principal, source_ip, headers, _token_claims(client))
+
+
+def _token_claims(client: Client) -> dict[str, Any] | None:
+    """The payload of a verified token that makes its bearer this JWT client (its first audience)."""
+    if client.jwt is None:
+        return None
+    jwt = client.jwt
+    claims: dict[str, Any] = {"iss": jwt.issuer, "sub": jwt.subject or "any-account"}
+    if jwt.audiences:
+        claims["aud"] = jwt.audiences[0]
+    return claims | dict(jwt.claims or {})

@@ -31,6 +31,7 @@ def lint(loaded: LoadedSpec) -> list[Finding]:
         *_permissive_with_mtls_clients(loaded),
         *_rules_granting_nothing(loaded),
         *_grpc_all_models_where_per_model_works(loaded),
+        *_admin_to_tokens_of_any_audience(loaded),
     ]
     return sorted(findings, key=lambda f: (f.location.line, f.location.column, f.code))
 
@@ -59,7 +60,7 @@ def _open_to_anyone(loaded: LoadedSpec) -> Iterator[Finding]:
 
 
 def _address_only(client: Client) -> bool:
-    return bool(client.ip_blocks) and not (client.principals or client.namespaces or client.headers)
+    return bool(client.ip_blocks) and not (client.principals or client.namespaces or client.headers or client.jwt)
 
 
 def _admin_to_address_only(loaded: LoadedSpec) -> Iterator[Finding]:
@@ -165,3 +166,24 @@ def _grpc_all_models_where_per_model_works(loaded: LoadedSpec) -> Iterator[Findi
                 f"{', '.join(rule.models or ())} (ModelStreamInfer, never per model, would then be withheld)",
                 loaded.location("rules", index, "grpcAllModels"),
             )
+
+
+def _jwt_only(client: Client) -> bool:
+    return client.jwt is not None and not (client.principals or client.namespaces or client.ip_blocks or client.headers)
+
+
+def _admin_to_tokens_of_any_audience(loaded: LoadedSpec) -> Iterator[Finding]:
+    for index, rule in _allow_rules(loaded):
+        risky = [c for c in rule.categories if c in ADMIN_CATEGORIES]
+        if not risky or rule.from_ == "anyone":
+            continue
+        for position, name in enumerate(rule.from_):
+            client = loaded.spec.clients[name]
+            if _jwt_only(client) and client.jwt is not None and client.jwt.audiences is None:
+                yield Finding(
+                    "MG108",
+                    f"rules[{index}] grants {', '.join(risky)} to {name!r}, identified only by a token of "
+                    f"{client.jwt.issuer} for any audience: a token the provider issued for another service "
+                    "would do — set jwt.audiences",
+                    loaded.location("rules", index, "from", position),
+                )

@@ -51,7 +51,7 @@ def what_if(
         if not sep or not name:
             raise MeshgenError(f"--header {item!r} must be NAME=VALUE")
         extra[name] = value
-    identity = Identity(identity.principal, identity.source_ip, {**identity.headers, **extra})
+    identity = dataclasses.replace(identity, headers={**identity.headers, **extra})
     request = _request(http, grpc, identity, port)
     if model is not None:
         if request.protocol != "grpc":

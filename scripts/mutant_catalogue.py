@@ -61,6 +61,7 @@ NGINX_CONFIG = "meshgen/targets/nginx/config.py"
 NGINX_FLAGS = "meshgen/targets/nginx/flags.py"
 NGINX_TEMPLATE = "templates/nginx/http.conf.j2"
 GUARD = "templates/envoy/grpc_model_guard.lua.j2"
+JWT_PY = "meshgen/targets/envoy/jwt.py"
 TRITON_PY = "meshgen/targets/triton/flags.py"
 
 
@@ -74,6 +75,20 @@ def first(test: str, suite: tuple[str, ...]) -> tuple[str, ...]:
 
 
 ENVOY_CONFORMANCE = "tests/test_envoy_conformance.py::"
+# JWT clients, on the case jwt-tenants only (the other cases have none). Envoy: the real proxy with the
+# token corpus, placements and near misses (tests/test_jwt.py, seconds), then the case's full matrix
+# (~90 s). Istio: the evaluator with the RequestAuthentication, exact verdicts on the same corpus
+# (tests/test_jwt_mutants_guard.py, seconds), then the case's full matrix (allowed or not, ~20 s).
+JWT_ENVOY = (
+    "tests/test_jwt.py",
+    ENVOY_CONFORMANCE + "test_matrix_matches_decide[jwt-tenants]",
+    ENVOY_CONFORMANCE + "test_filter_output_on_container_port_listeners_matches_decide[jwt-tenants]",
+)
+JWT_ISTIO = (
+    "tests/test_jwt_mutants_guard.py",
+    "tests/test_istio.py::test_documents_pass_istio_schema_cel_and_webhook[jwt-tenants]",
+    "tests/test_istio.py::test_istio_decisions_equal_the_reference[jwt-tenants]",
+)
 
 
 CATALOGUE: tuple[Mutant, ...] = (
@@ -479,6 +494,216 @@ CATALOGUE: tuple[Mutant, ...] = (
         "the EnvoyFilter inserts the guard on the HTTP port's chain",
         one(ISTIO_PY, '"grpc_port": policy.port("grpc"),', '"grpc_port": policy.port("http"),'),
         ISTIO,
+    ),
+    # --- JWT clients (Envoy: jwt_authn + RBAC on its payload; Istio: RequestAuthentication + policies) ---
+    Mutant(
+        "envoy-jwt-unread-authorization-passed",
+        "an Authorization header jwt_authn did not read (bearer, Basic) reaches Triton on anyone's endpoints",
+        one(
+            RBAC,
+            '        deny.insert(0, {"predicate": unread, "on_match": _action(UNREAD_AUTHORIZATION, "DENY")})\n',
+            "",
+        ),
+        JWT_ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-jwt-failed-token-allowed",
+        "a token that fails verification goes on anonymous (allow_missing_or_failed) instead of 401",
+        one(JWT_PY, 'else {"allow_missing": {}}', 'else {"allow_missing_or_failed": {}}'),
+        JWT_ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-jwt-after-rbac",
+        "jwt_authn runs after the RBAC filters (they see no payload; failures are not refused first)",
+        one(
+            RBAC,
+            "return [*([tokens] if tokens else []), *guard, *rbac_filters(policy, port=port, dry_run=dry_run)]",
+            "return [*guard, *rbac_filters(policy, port=port, dry_run=dry_run), *([tokens] if tokens else [])]",
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-subject-dropped",
+        "a JWT client with a subject matches every account of its issuer",
+        one(
+            RBAC,
+            'predicates = [_payload(("iss",), _exactly(kind.issuer)), _payload(("sub",), subject)]',
+            'predicates = [_payload(("iss",), _exactly(kind.issuer))]',
+        ),
+        JWT_ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-jwt-issuer-dropped",
+        "a JWT client matches a token of any trusted issuer with its subject",
+        one(
+            RBAC,
+            'predicates = [_payload(("iss",), _exactly(kind.issuer)), _payload(("sub",), subject)]',
+            'predicates = [_payload(("sub",), subject)]',
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-empty-subject",
+        "a token with an empty subject is taken for an account of the issuer",
+        one(
+            RBAC,
+            '{"string_match": {"safe_regex": {"regex": ".+"}}}',
+            '{"string_match": {"safe_regex": {"regex": ".*"}}}',
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-audience-predicate-dropped",
+        "a JWT client takes a token for another audience its issuer accepts (a sibling client's)",
+        one(RBAC, 'predicates.append(_payload(("aud",), _holds(kind.audiences)))', "pass"),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-list-claims-unmatched",
+        "a claim or audience given as a list never matches (string claims only)",
+        one(
+            RBAC,
+            'for m in ({"list_match": {"one_of": _exactly(value)}}, _exactly(value))]',
+            "for m in (_exactly(value),)]",
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-string-claims-unmatched",
+        "a claim or audience given as a string never matches (list claims only)",
+        one(
+            RBAC,
+            'for m in ({"list_match": {"one_of": _exactly(value)}}, _exactly(value))]',
+            'for m in ({"list_match": {"one_of": _exactly(value)}},)]',
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-provider-audiences-dropped",
+        "jwt_authn verifies a token for any audience (the issuer's audiences are not set)",
+        one(JWT_PY, '            config["audiences"] = list(provider.audiences)', "            pass"),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-token-forwarded",
+        "a verified token is forwarded to Triton (jwt_authn forward: true)",
+        one(JWT_PY, '"payload_in_metadata": PAYLOAD_KEY,', '"payload_in_metadata": PAYLOAD_KEY, "forward": True,'),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-bearer-prefix-dropped",
+        "the whole Authorization value is read as the token (no 'Bearer ' prefix)",
+        one(
+            JWT_PY,
+            '"from_headers": [{"name": AUTHORIZATION, "value_prefix": BEARER}],',
+            '"from_headers": [{"name": AUTHORIZATION}],',
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-clock-skew-widened",
+        "expired tokens are accepted for ten minutes (clock_skew_seconds 600, not Envoy's 60)",
+        one(
+            JWT_PY,
+            '"failed_status_in_metadata": FAILURE_KEY,',
+            '"failed_status_in_metadata": FAILURE_KEY, "clock_skew_seconds": 600,',
+        ),
+        JWT_ENVOY,
+    ),
+    Mutant(
+        "envoy-jwt-audience-401-dropped",
+        "a token outside its issuer's audiences is answered 403 by the bootstrap, not 401",
+        one(BOOTSTRAP, "        mappers = _token_mappers(policy)", "        mappers = []"),
+        first("tests/test_jwt.py::test_every_token_and_placement_is_decided_as_decide_says", JWT_ENVOY),
+    ),
+    Mutant(
+        "compile-jwt-audiences-unrestricted",
+        "an issuer's provider takes tokens for any audience although each of its clients lists audiences",
+        one(
+            COMPILE,
+            "audiences = None if None in lists else tuple(sorted({a for wanted in lists for a in wanted or ()}))",
+            "audiences = None",
+        ),
+        (*JWT_ENVOY, *JWT_ISTIO),
+    ),
+    Mutant(
+        "compile-jwt-audiences-first-client-only",
+        "an issuer's provider takes only its first client's audiences, not the union (others' tokens fail)",
+        one(
+            COMPILE,
+            "audiences = None if None in lists else tuple(sorted({a for wanted in lists for a in wanted or ()}))",
+            "audiences = None if None in lists else tuple(lists[0] or ())",
+        ),
+        (*JWT_ENVOY, *JWT_ISTIO),
+    ),
+    Mutant(
+        "istio-jwt-unread-authorization-passed",
+        "an Authorization header Istio did not read as a token reaches Triton on anyone's endpoints",
+        one(ISTIO_PY, "        deny_rules.insert(0, UNREAD_AUTHORIZATION_RULE)\n", ""),
+        JWT_ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-jwt-subject-loosened",
+        "requestPrincipals <iss>/<sub> loosened to <iss>/* (every account of the issuer)",
+        one(ISTIO_PY, "            subject = kind.subject\n", "            pass\n"),
+        JWT_ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-jwt-slash-subject-unchecked",
+        "a subject holding '/' is not matched (its claims[sub] condition is dropped)",
+        one(ISTIO_PY, '            when.append(("request.auth.claims[sub]", (kind.subject,)))', "            pass"),
+        JWT_ISTIO,
+    ),
+    Mutant(
+        "istio-jwt-audience-condition-dropped",
+        "a JWT client takes a token for another audience its issuer accepts (a sibling client's)",
+        one(
+            ISTIO_PY,
+            'when.append(("request.auth.audiences", tuple(_exact("jwt.audiences", a) for a in kind.audiences)))',
+            "pass",
+        ),
+        JWT_ISTIO,
+    ),
+    Mutant(
+        "istio-jwt-claims-dropped",
+        "a JWT client's claims conditions are dropped",
+        one(
+            ISTIO_PY,
+            'when.append((f"request.auth.claims[{claim.name}]", (_exact(f"jwt.claims.{claim.name}", claim.value),)))',
+            "pass",
+        ),
+        JWT_ISTIO,
+    ),
+    Mutant(
+        "istio-jwt-provider-audiences-dropped",
+        "the RequestAuthentication verifies a token for any audience",
+        one(ISTIO_PY, '                jwt_rule["audiences"] = list(provider.audiences)', "                pass"),
+        JWT_ISTIO,
+    ),
+    Mutant(
+        "istio-jwt-token-forwarded",
+        "a verified token is forwarded to Triton (forwardOriginalToken: true)",
+        one(
+            ISTIO_PY,
+            '"fromHeaders": [dict(TOKEN_HEADER)]}',
+            '"fromHeaders": [dict(TOKEN_HEADER)], "forwardOriginalToken": True}',
+        ),
+        JWT_ISTIO,
+    ),
+    Mutant(
+        "istio-jwt-bearer-prefix-dropped",
+        "the whole Authorization value is read as the token (no 'Bearer ' prefix)",
+        one(
+            ISTIO_PY,
+            'TOKEN_HEADER = {"name": "Authorization", "prefix": "Bearer "}',
+            'TOKEN_HEADER = {"name": "Authorization"}',
+        ),
+        JWT_ISTIO,
     ),
     # --- NGINX -----------------------------------------------------------------------------------------
     Mutant(

@@ -7,7 +7,11 @@ It models what the Envoy RBAC filters built by istiod do on a sidecar's inbound 
 
 * which policies attach to a workload (namespace / root namespace, ``selector``; ``targetRefs`` ignored);
 * the decision order CUSTOM -> DENY -> (no ALLOW -> allow) -> ALLOW -> deny, AUDIT ignored, dry-run ignored;
-* rule matching: (any ``from``) AND (any ``to``) AND (all ``when``), OR within a field, AND across fields.
+* rule matching: (any ``from``) AND (any ``to``) AND (all ``when``), OR within a field, AND across fields;
+* RequestAuthentication: the ``envoy.filters.http.jwt_authn`` filter istiod builds from every applicable
+  ``jwtRules`` entry, which runs before RBAC: token extraction, verification (401 / 403 before any policy),
+  removal of the verified token, and the payload that ``requestPrincipals`` / ``request.auth.*`` read
+  (Istio 1.30.3 ``pilot/pkg/security/authn`` + Envoy 1.40 jwt_authn / jwt_verify_lib; /work/notes/jwt.md).
 
 Anything it does not model raises :class:`UnsupportedPolicyError`; anything the Istio API server or
 webhook would reject raises :class:`InvalidPolicyError`. Both are ``ValueError`` so a test fails loudly
@@ -16,23 +20,40 @@ instead of silently evaluating something Istio would never run.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import ipaddress
+import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import unquote_plus
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwt.algorithms import HMACAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 
 __all__ = [
     "InvalidPolicyError",
     "IstioRequest",
+    "Outcome",
     "UnsupportedPolicyError",
+    "Verdict",
     "Workload",
     "evaluate",
     "evaluate_all",
+    "evaluate_outcomes",
     "normalize_path",
     "policy_applies",
     "rule_matches",
     "validate_policy",
+    "validate_request_authentication",
 ]
 
 Policy = Mapping[str, Any]
@@ -55,23 +76,24 @@ _ONE_SEGMENT_TEXT: Final = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=*]+")
 _MANY_SEGMENT_TEXT: Final = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=*/]*")
 
 _HEADER_KEY: Final = re.compile(r"request\.headers\[(?P<name>[^\]]+)\]")
-# `when` keys Istio accepts but this evaluator does not model (JWT, destination IP, XFF, SNI, ...).
+# `when` keys Istio accepts but this evaluator does not model (destination IP, XFF, SNI, ...).
 _KNOWN_UNMODELLED_KEYS: Final = frozenset(
     {
         "remote.ip",
         "source.serviceAccount",
         "source.trustDomain",
-        "request.auth.principal",
-        "request.auth.audiences",
-        "request.auth.presenter",
         "destination.ip",
         "connection.sni",
     }
 )
-_KNOWN_UNMODELLED_PREFIXES: Final = (
-    "request.auth.claims[",
-    "request.experimental.inline.headers[",
-)
+_KNOWN_UNMODELLED_PREFIXES: Final = ("request.experimental.inline.headers[",)
+# JWT `when` keys (istiod model.go): all read the jwt_authn payload; claims take a nested [a][b] path.
+_REQUEST_PRINCIPAL_KEY: Final = "request.auth.principal"
+_REQUEST_CLAIMS_KEY: Final = "request.auth.claims"
+_CLAIM_ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
+    "request.auth.audiences": ("aud",),
+    "request.auth.presenter": ("azp",),
+}
 _EXPERIMENTAL: Final = "experimental.envoy.filters."
 
 # Go's strconv.ParseBool, which istiod uses for the dry-run annotation.
@@ -111,6 +133,8 @@ class IstioRequest:
     # Dynamic metadata earlier HTTP filters wrote (filter namespace -> key -> string value), as
     # `when: experimental.envoy.filters.<...>[<key>]` conditions read it.
     metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Wall-clock time (Unix seconds) jwt_authn checks `exp`/`nbf` against; None = time.time().
+    now: float | None = None
 
     def __post_init__(self) -> None:
         # Catch mistakes in the *test* early: a malformed request would otherwise just "not match".
@@ -125,6 +149,8 @@ class IstioRequest:
         if self.source_ip is not None:
             ipaddress.ip_address(self.source_ip)
         _check_header_names(self.headers)
+        if self.now is not None and self.now < 0:
+            raise ValueError(f"now must be a Unix time in seconds, got {self.now}")
 
 
 def _check_principal(principal: str) -> None:
@@ -341,25 +367,144 @@ def _segments_match(wanted: Sequence[str], actual: Sequence[str]) -> bool:
 class _Subject:
     """The request plus what matching it needs from the enclosing policy."""
 
-    request: IstioRequest
+    request: IstioRequest  # as RBAC sees it: after jwt_authn removed a verified token
     policy_namespace: str | None
     path: str  # normalized, query stripped
+    # jwt_authn's `payload` metadata (the verified claims, space-delimited claims split); None = no token.
+    claims: Mapping[str, Any] | None = None
 
 
 ValueMatcher = Callable[[str, _Subject], bool]
 
 
-def _never(_value: str, _subject: _Subject) -> bool:
-    # No JWT support: the request never has a request principal, so requestPrincipals never match
-    # (and notRequestPrincipals always do), as with Envoy's metadata matcher and no jwt_authn output.
-    return False
+# --- JWT: requestPrincipals and request.auth.* read the jwt_authn payload metadata ------------------
+#
+# istiod (pilot/pkg/security/authz/model/generator.go, matcher/string.go, matcher/metadata.go) emits
+# Envoy metadata matchers on `envoy.filters.http.jwt_authn` / `payload` / <claim path>. A missing
+# payload (no token) or path matches nothing, so their `not*` forms then hold.
+
+StringTest = Callable[[Any], bool]
+
+
+def _jwt_any(value: Any) -> bool:
+    # `*` becomes safe_regex `.+` (RE2 full match; `.` does not match a newline, as in Python).
+    return isinstance(value, str) and re.fullmatch(r".+", value) is not None
+
+
+def _jwt_exact(expected: str) -> StringTest:
+    return lambda value: isinstance(value, str) and value == expected
+
+
+def _jwt_prefix(prefix: str) -> StringTest:
+    return lambda value: isinstance(value, str) and value.startswith(prefix)
+
+
+def _jwt_suffix(suffix: str) -> StringTest:
+    return lambda value: isinstance(value, str) and value.endswith(suffix)
+
+
+def _jwt_string_test(pattern: str) -> StringTest:
+    """matcher.StringMatcher: `*` = `.+`, `*x` suffix, `x*` prefix, else exact; only strings match."""
+    if pattern == "*":
+        return _jwt_any
+    if pattern.startswith("*"):
+        return _jwt_suffix(pattern[1:])
+    if pattern.endswith("*"):
+        return _jwt_prefix(pattern[:-1])
+    return _jwt_exact(pattern)
+
+
+def _principal_tests(value: str) -> tuple[StringTest, StringTest]:
+    """requestPrincipalGenerator.extendedPrincipal: (iss test, sub test) for one value, split at the last `/`."""
+    slash = value.rfind("/")
+    found = slash >= 0
+    iss, sub = (value[:slash], value[slash + 1 :]) if found else (value, "")
+    if value == "*":
+        return _jwt_any, _jwt_any
+    if value.startswith("*"):
+        if found:
+            return (_jwt_any if iss == "*" else _jwt_suffix(iss[1:])), _jwt_exact(sub)
+        return _jwt_any, _jwt_suffix(value[1:])
+    if value.endswith("*"):
+        if found:
+            return _jwt_exact(iss), (_jwt_any if sub == "*" else _jwt_prefix(sub[:-1]))
+        return _jwt_prefix(value[:-1]), _jwt_any
+    # No `/`: iss exact and sub exact "" -- only a token whose `sub` is the empty string matches.
+    return _jwt_exact(iss), _jwt_exact(sub)
+
+
+def _request_principal_matches(value: str, subject: _Subject) -> bool:
+    if subject.claims is None:
+        return False
+    iss_test, sub_test = _principal_tests(value)
+    return iss_test(subject.claims.get("iss")) and sub_test(subject.claims.get("sub"))
+
+
+def _claim_value(claims: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
+    """Envoy Metadata::metadataValue: walk struct fields only; anything else on the way = absent."""
+    value: Any = claims
+    for name in path:
+        if not isinstance(value, Mapping) or name not in value:
+            return None
+        value = value[name]
+    return value
+
+
+def _claim_matcher(path: Sequence[str]) -> ValueMatcher:
+    """MetadataListValueMatcher(useExtendedJwt): or_match[list_match{one_of: v}, v] with v a string matcher.
+
+    A string claim matches if it matches; a list claim if one of its string elements does; numbers,
+    booleans and objects never match (istiod only emits string matchers).
+    """
+
+    def matches(value: str, subject: _Subject) -> bool:
+        test = _jwt_string_test(value)
+        found = _claim_value(subject.claims, path)
+        if isinstance(found, list):
+            return any(test(element) for element in found)
+        return test(found)
+
+    return matches
+
+
+def _nested_claim_names(brackets: str) -> list[str] | None:
+    """istiod's extractNameInNestedBrackets (model/util.go): `[a][b]` -> [a, b]; None = istiod errors."""
+    names: list[str] = []
+
+    def end_bracket(begin: int) -> int:
+        if begin >= len(brackets) or brackets[begin] != "[":
+            return -1
+        for index in range(begin + 1, len(brackets)):
+            if brackets[index] == "[":
+                return -1
+            if brackets[index] == "]":
+                return index
+        return -1
+
+    begin = 0
+    while begin < len(brackets):
+        end = end_bracket(begin)
+        if end == -1:
+            # Fallback extractNameInBrackets on the whole string: `[a[b]]` -> one claim named `a[b]`.
+            if not (brackets.startswith("[") and brackets.endswith("]")):
+                return None
+            return [brackets[1:-1]]
+        names.append(brackets[begin + 1 : end])
+        begin = end + 1
+    return names
+
+
+def _valid_map_key(key: str) -> bool:
+    # security.validateMapKey (webhook): `a[b]` with a non-empty `a` and `b`.
+    opening = key.find("[")
+    return key.endswith("]") and 0 < opening < len(key) - 2
 
 
 _SOURCE_FIELDS: Final[Mapping[str, ValueMatcher]] = {
     "principals": lambda v, s: _string_matches(v, s.request.principal),
     "namespaces": lambda v, s: _string_matches(v, _peer_namespace(s.request)),
     "ipBlocks": lambda v, s: _ip_matches(v, s.request.source_ip),
-    "requestPrincipals": _never,
+    "requestPrincipals": _request_principal_matches,
     "serviceAccounts": lambda v, s: _service_account_matches(v, s.request.principal, s.policy_namespace),
     "trustDomains": lambda v, s: _string_matches(v, _peer_trust_domain(s.request)),
 }
@@ -414,6 +559,19 @@ def _when_matcher(key: str) -> ValueMatcher:
         return _metadata_matcher(key)
     if key in _WHEN_KEYS:
         return _WHEN_KEYS[key]
+    if key == _REQUEST_PRINCIPAL_KEY:
+        return _request_principal_matches
+    if key in _CLAIM_ALIASES:
+        return _claim_matcher(_CLAIM_ALIASES[key])
+    if key.startswith(_REQUEST_CLAIMS_KEY):
+        if not _valid_map_key(key):
+            raise InvalidPolicyError(f"bad key ({key}): should have format a[b]")
+        names = _nested_claim_names(key[len(_REQUEST_CLAIMS_KEY) :])
+        if names is None:
+            # The webhook accepts it, but istiod cannot translate it and drops the rule (ALLOW) or the
+            # condition (DENY): a generated policy should never rely on that.
+            raise UnsupportedPolicyError(f"`when` key {key!r}: istiod cannot extract the claim names")
+        return _claim_matcher(tuple(names))
     if key in _KNOWN_UNMODELLED_KEYS or key.startswith(_KNOWN_UNMODELLED_PREFIXES):
         raise UnsupportedPolicyError(f"`when` key {key!r} is valid Istio but not modelled by this evaluator")
     raise InvalidPolicyError(f"unknown `when` key {key!r} (Istio rejects it)")
@@ -693,17 +851,30 @@ def _condition_matches(condition: Mapping[str, Any], subject: _Subject) -> bool:
     return not any(matcher(value, subject) for value in not_values)
 
 
-def rule_matches(rule: Mapping[str, Any], request: IstioRequest, policy_namespace: str | None = None) -> bool:
+def rule_matches(
+    rule: Mapping[str, Any],
+    request: IstioRequest,
+    policy_namespace: str | None = None,
+    *,
+    claims: Mapping[str, Any] | None = None,
+) -> bool:
     """(any ``from``) AND (any ``to``) AND (all ``when``); ``{}`` always matches.
 
     ``policy_namespace`` is only needed for bare ``serviceAccounts`` values (``<sa>`` = policy namespace).
+    ``claims`` is the jwt_authn payload of a verified token (None = no token): what ``requestPrincipals``
+    and ``request.auth.*`` read. :func:`evaluate_outcomes` derives it from real tokens.
     """
-    return _body_matches(_validate_rule(rule, "rule"), request, policy_namespace)
+    return _body_matches(_validate_rule(rule, "rule"), request, policy_namespace, claims)
 
 
-def _body_matches(body: Mapping[str, Any], request: IstioRequest, policy_namespace: str | None) -> bool:
+def _body_matches(
+    body: Mapping[str, Any],
+    request: IstioRequest,
+    policy_namespace: str | None,
+    claims: Mapping[str, Any] | None = None,
+) -> bool:
     """``rule_matches`` on a rule already validated."""
-    subject = _Subject(request, policy_namespace, normalize_path(request.path))
+    subject = _Subject(request, policy_namespace, normalize_path(request.path), claims)
     return (
         _section_matches(body, "from", "source", _SOURCE_FIELDS, subject)
         and _section_matches(body, "to", "operation", _OPERATION_FIELDS, subject)
@@ -711,14 +882,17 @@ def _body_matches(body: Mapping[str, Any], request: IstioRequest, policy_namespa
     )
 
 
-def _policy_matches(policy: Policy, request: IstioRequest) -> bool:
+def _policy_matches(policy: Policy, request: IstioRequest, claims: Mapping[str, Any] | None) -> bool:
     # No `rules` means "never match" (an ALLOW policy without rules is allow-nothing).
     namespace = _namespace(policy)
-    return any(_body_matches(rule, request, namespace) for rule in _rules(policy))
+    return any(_body_matches(rule, request, namespace, claims) for rule in _rules(policy))
 
 
 def policy_applies(policy: Policy, workload: Workload, root_namespace: str = "istio-system") -> bool:
-    """Does the policy attach to this sidecar workload? (Dry-run is handled by :func:`evaluate`.)"""
+    """Does the policy attach to this sidecar workload? (Dry-run is handled by :func:`evaluate`.)
+
+    The same rule attaches RequestAuthentications (``GetJwtPoliciesForWorkload``).
+    """
     spec = _spec(policy)
     # ShouldAttachPolicy: a targetRef(s) policy never attaches to a sidecar workload.
     if spec.get("targetRef") or spec.get("targetRefs"):
@@ -732,13 +906,51 @@ def policy_applies(policy: Policy, workload: Workload, root_namespace: str = "is
     return all(workload.labels.get(key) == value for key, value in labels.items())
 
 
+class Verdict(enum.Enum):
+    """What the sidecar does with a request, and which filter decided."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"  # 403 "RBAC: access denied"
+    UNAUTHENTICATED = "unauthenticated"  # 401 from jwt_authn: a token was presented and is invalid
+    AUDIENCE_REJECTED = "audience rejected"  # 403 from jwt_authn: valid token, `aud` not allowed
+
+    @property
+    def status(self) -> int:
+        """The HTTP status (gRPC: 401 -> UNAUTHENTICATED, 403 -> PERMISSION_DENIED)."""
+        return 200 if self is Verdict.ALLOWED else 401 if self is Verdict.UNAUTHENTICATED else 403
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    reason: str  # jwt_authn's status text, or which policy decided
+    # The jwt_authn payload the request carried into RBAC (None: no verified token).
+    claims: Mapping[str, Any] | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOWED
+
+    @property
+    def status(self) -> int:
+        return self.verdict.status
+
+    @property
+    def principal(self) -> str | None:
+        """``request.auth.principal`` = ``<iss>/<sub>`` of the verified token, None without one."""
+        if self.claims is None:
+            return None
+        return f"{self.claims.get('iss', '')}/{self.claims.get('sub', '')}"
+
+
 def evaluate(
     policies: Sequence[Mapping[str, Any]],
     workload: Workload,
     request: IstioRequest,
     root_namespace: str = "istio-system",
 ) -> bool:
-    """True = allowed. ``policies`` are parsed AuthorizationPolicy documents (as yaml.safe_load gives them).
+    """True = allowed. ``policies`` are parsed AuthorizationPolicy (and RequestAuthentication) documents
+    (as yaml.safe_load gives them).
 
     Every document is validated, applicable or not; CUSTOM policies that apply raise.
     """
@@ -751,25 +963,675 @@ def evaluate_all(
     requests: Iterable[IstioRequest],
     root_namespace: str = "istio-system",
 ) -> list[bool]:
-    """``evaluate`` for many requests against the same policies, validating the policies once."""
-    for policy in policies:
-        validate_policy(policy)
+    """``evaluate`` for many requests against the same policies, validating the policies once.
+
+    RequestAuthentication documents in ``policies`` are applied too (a request is allowed only if its
+    outcome is ALLOWED); any other kind is an error, as before.
+    """
+    return [outcome.allowed for outcome in _outcomes(policies, workload, requests, root_namespace, strict=True)]
+
+
+def evaluate_outcomes(
+    documents: Iterable[Mapping[str, Any] | None],
+    workload: Workload,
+    requests: Iterable[IstioRequest],
+    root_namespace: str = "istio-system",
+) -> list[Outcome]:
+    """jwt_authn then RBAC, per request: ALLOWED / DENIED (RBAC 403) / UNAUTHENTICATED (401) /
+    AUDIENCE_REJECTED (jwt_authn 403).
+
+    ``documents`` is a mixed stream: AuthorizationPolicy and RequestAuthentication documents are validated
+    (applicable or not) and applied; other kinds and empty documents are ignored.
+    """
+    return _outcomes(documents, workload, requests, root_namespace, strict=False)
+
+
+def _outcomes(
+    documents: Iterable[Mapping[str, Any] | None],
+    workload: Workload,
+    requests: Iterable[IstioRequest],
+    root_namespace: str,
+    *,
+    strict: bool,
+) -> list[Outcome]:
+    policies: list[Policy] = []
+    authentications: list[Policy] = []
+    for document in documents:
+        if document is None and not strict:
+            continue
+        kind = _mapping(document, "document").get("kind", "AuthorizationPolicy")
+        if kind == _RA_KIND:
+            validate_request_authentication(_mapping(document, "document"))
+            authentications.append(_mapping(document, "document"))
+        elif kind == "AuthorizationPolicy" or strict:
+            validate_policy(_mapping(document, "document"))
+            policies.append(_mapping(document, "document"))
     active = [p for p in policies if policy_applies(p, workload, root_namespace) and not _is_dry_run(p)]
     by_action: dict[str, list[Policy]] = {action: [] for action in _ACTIONS}
     for policy in active:
         by_action[_action(policy)].append(policy)
     if by_action["CUSTOM"]:
         raise UnsupportedPolicyError("CUSTOM (ext_authz) policies are not modelled by this evaluator")
-    return [_allowed(by_action, request) for request in requests]
+    providers = _jwt_providers([ra for ra in authentications if policy_applies(ra, workload, root_namespace)])
+    return [_decide(by_action, providers, request) for request in requests]
 
 
-def _allowed(by_action: Mapping[str, list[Policy]], request: IstioRequest) -> bool:
+def _decide(by_action: Mapping[str, list[Policy]], providers: Sequence[_Provider], request: IstioRequest) -> Outcome:
+    authenticated = _authenticate(providers, request)
+    if isinstance(authenticated, Outcome):
+        return authenticated
+    seen, claims = authenticated.request, authenticated.claims
     # AUDIT only marks requests for logging; it never changes the decision.
-    if any(_policy_matches(policy, request) for policy in by_action["DENY"]):
-        return False
+    for policy in by_action["DENY"]:
+        if _policy_matches(policy, seen, claims):
+            return Outcome(Verdict.DENIED, f"RBAC: access denied (DENY {_label(policy)})", claims)
     if not by_action["ALLOW"]:
-        return True
-    return any(_policy_matches(policy, request) for policy in by_action["ALLOW"])
+        return Outcome(Verdict.ALLOWED, "no ALLOW policy applies", claims)
+    for policy in by_action["ALLOW"]:
+        if _policy_matches(policy, seen, claims):
+            return Outcome(Verdict.ALLOWED, f"ALLOW {_label(policy)}", claims)
+    return Outcome(Verdict.DENIED, "RBAC: access denied (no ALLOW rule matched)", claims)
+
+
+def _label(policy: Policy) -> str:
+    metadata = _mapping(policy.get("metadata"), "metadata")
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# RequestAuthentication: the jwt_authn filter istiod puts before RBAC on the inbound HTTP chain
+# ---------------------------------------------------------------------------------------------------
+#
+# istiod (pilot/pkg/security/authn/policy_applier.go, 1.30.3) turns every jwtRule of every applicable
+# RequestAuthentication into one Envoy provider (rules sorted by issuer, default token locations when no
+# from* is set, `payload_in_metadata: payload`, `scope`/`permission` always space-delimited) and requires
+# `requires_any[each provider, requires_all[any[provider_i, allow_missing]...]]` (one provider:
+# `any[provider, allow_missing]`). In effect: no token -> anonymous; a token -> it must verify against a
+# provider that reads that location and whose issuer is the token's `iss`, else 401 (403 for `aud`).
+# Verification follows google/jwt_verify_lib (parse, issuer, exp/nbf with 60 s skew, audiences, then the
+# signature): PyJWT supplies the JWK decoding and the RSA/HMAC/EdDSA primitives, but not jwt.decode, whose
+# own checks differ from Envoy's (segment splitting, base64 leniency, iat/sub/jti checks, `exp <= now -
+# leeway` at the boundary, `int()` of string claims).
+
+_RA_KIND: Final = "RequestAuthentication"
+_RA_SPEC_KEYS: Final = frozenset({"jwtRules", "selector", "targetRef", "targetRefs"})
+_JWT_RULE_KEYS: Final = frozenset(
+    {
+        "issuer", "audiences", "jwksUri", "jwks_uri", "jwks", "fromHeaders", "fromParams", "fromCookies",
+        "outputPayloadToHeader", "forwardOriginalToken", "outputClaimToHeaders", "spaceDelimitedClaims", "timeout",
+    }
+)  # fmt: skip
+_CLOCK_SKEW: Final = 60  # jwt_verify_lib kClockSkewInSecond: Istio never sets clock_skew_seconds
+_ALWAYS_SPACE_DELIMITED: Final = frozenset({"permission", "scope"})  # buildSpaceDelimitedClaims
+_DEFAULT_HEADER: Final = ("authorization", "Bearer ")  # Envoy's defaults when no from_* is configured
+_DEFAULT_PARAM: Final = "access_token"
+_IMPLEMENTED_ALGS: Final = frozenset(  # jwt.cc isImplemented
+    {"EdDSA"} | {f"{family}{bits}" for family in ("ES", "HS", "RS", "PS") for bits in (256, 384, 512)}
+)
+_TOKEN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+# absl's kUnWebSafeBase64: character -> 6-bit value.
+_UNBASE64: Final = {
+    ord(char): value for value, char in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+_UINT64_LIMIT: Final = float(2**64)
+
+# jwt_verify_lib status texts (src/status.cc), which Envoy returns as the 401/403 body.
+_MISSING_ISSUER: Final = "Jwt issuer is not configured"
+_AUDIENCE_NOT_ALLOWED: Final = "Audiences in Jwt are not allowed"
+
+
+@dataclass(frozen=True)
+class _Jwk:
+    kty: str
+    kid: str  # "" = none (also when the JWK's kid is not a string: jwt_verify_lib ignores it)
+    alg: str
+    key: Any  # cryptography public key, or bytes for `oct`
+
+
+@dataclass(frozen=True)
+class _Location:
+    header: str | None  # lower-case header name, or None for a query parameter
+    prefix: str
+    param: str | None
+
+    @property
+    def order(self) -> tuple[int, str]:
+        # Envoy's extractor: header locations keyed `name + prefix` in a std::map, then params by name.
+        return (0, f"{self.header}{self.prefix}") if self.header is not None else (1, self.param or "")
+
+
+@dataclass(frozen=True)
+class _Provider:
+    issuer: str
+    audiences: frozenset[str]  # already sanitized like jwt_verify_lib's CheckAudience
+    keys: tuple[_Jwk, ...]
+    locations: tuple[_Location, ...]
+    forward: bool
+    space_delimited: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Authenticated:
+    request: IstioRequest  # what RBAC sees: a verified, non-forwarded token removed
+    claims: Mapping[str, Any] | None
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def outcome(self) -> Outcome:
+        audience = self.reason == _AUDIENCE_NOT_ALLOWED
+        return Outcome(Verdict.AUDIENCE_REJECTED if audience else Verdict.UNAUTHENTICATED, self.reason)
+
+
+@dataclass(frozen=True)
+class _Jwt:
+    signed: bytes  # `<header>.<payload>` as sent: what the signature covers
+    alg: str
+    kid: str
+    claims: Mapping[str, Any]
+    iss: str
+    audiences: tuple[str, ...]
+    nbf: int
+    exp: int
+    signature: bytes
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    return [] if value is None else _strings(value, where)
+
+
+def validate_request_authentication(document: Policy) -> None:
+    """Raise InvalidPolicyError (Istio rejects it, or Envoy refuses the JWKS) / UnsupportedPolicyError."""
+    kind = document.get("kind")
+    if kind != _RA_KIND or document.get("apiVersion") not in _API_VERSIONS:
+        raise InvalidPolicyError(f"not a security.istio.io RequestAuthentication: {document.get('apiVersion')} {kind}")
+    _namespace(document)
+    spec = _spec(document)
+    unknown = spec.keys() - _RA_SPEC_KEYS
+    if unknown:
+        raise InvalidPolicyError(f"spec: unknown fields {sorted(unknown)}")
+    _validate_selector(spec)
+    for index, rule in enumerate(_sequence(spec.get("jwtRules") or [], "spec.jwtRules")):
+        _jwt_rule_provider(_mapping(rule, f"spec.jwtRules[{index}]"), f"spec.jwtRules[{index}]")
+
+
+def _jwt_rule_provider(rule: Mapping[str, Any], where: str) -> _Provider:
+    """The Envoy provider istiod builds from one jwtRule (validating it on the way)."""
+    unknown = rule.keys() - _JWT_RULE_KEYS
+    if unknown:
+        raise InvalidPolicyError(f"{where}: unknown fields {sorted(unknown)}")
+    if rule.get("jwksUri") or rule.get("jwks_uri"):
+        raise UnsupportedPolicyError(f"{where}: jwksUri (istiod fetches it) is not modelled; use inline jwks")
+    issuer = rule.get("issuer")
+    if not isinstance(issuer, str) or not issuer:
+        raise InvalidPolicyError(f"{where}: issuer or jwksUri must be non-empty string")
+    jwks = rule.get("jwks")
+    if jwks is None:
+        raise UnsupportedPolicyError(f"{where}: no jwks: istiod would use OIDC discovery, which is not modelled")
+    if not isinstance(jwks, str):
+        raise InvalidPolicyError(f"{where}.jwks must be a string")
+    for unmodelled in ("fromCookies", "outputClaimToHeaders", "outputPayloadToHeader"):
+        if rule.get(unmodelled):
+            raise UnsupportedPolicyError(f"{where}.{unmodelled} is valid Istio but not modelled here")
+    forward = rule.get("forwardOriginalToken", False)
+    if not isinstance(forward, bool):
+        raise InvalidPolicyError(f"{where}.forwardOriginalToken must be a boolean")
+    locations: dict[tuple[int, str], _Location] = {}
+    for index, entry in enumerate(_sequence(rule.get("fromHeaders") or [], f"{where}.fromHeaders")):
+        at = f"{where}.fromHeaders[{index}]"
+        header = _mapping(entry, at)
+        if header.keys() - {"name", "prefix"}:
+            raise InvalidPolicyError(f"{at}: unknown fields {sorted(header.keys() - {'name', 'prefix'})}")
+        name, prefix = header.get("name"), header.get("prefix", "")
+        if not isinstance(name, str) or not name:
+            raise InvalidPolicyError(f"{at}: location header name must be non-empty string")
+        if not isinstance(prefix, str):
+            raise InvalidPolicyError(f"{at}.prefix must be a string")
+        location = _Location(name.lower(), prefix, None)
+        locations[location.order] = location
+    for param in _string_list(rule.get("fromParams"), f"{where}.fromParams"):
+        location = _Location(None, "", param)
+        locations[location.order] = location
+    if not locations and not rule.get("fromCookies"):
+        for location in (_Location(*_DEFAULT_HEADER, None), _Location(None, "", _DEFAULT_PARAM)):
+            locations[location.order] = location
+    return _Provider(
+        issuer=issuer,
+        audiences=frozenset(_sanitize_audience(a) for a in _string_list(rule.get("audiences"), f"{where}.audiences")),
+        keys=_envoy_jwks(jwks, where),
+        locations=tuple(locations[order] for order in sorted(locations)),
+        forward=forward,
+        space_delimited=_ALWAYS_SPACE_DELIMITED
+        | frozenset(_string_list(rule.get("spaceDelimitedClaims"), f"{where}.spaceDelimitedClaims")),
+    )
+
+
+def _jwt_providers(authentications: Sequence[Policy]) -> tuple[_Provider, ...]:
+    providers: list[_Provider] = []
+    for document in authentications:
+        for index, rule in enumerate(_sequence(_spec(document).get("jwtRules") or [], "spec.jwtRules")):
+            providers.append(_jwt_rule_provider(_mapping(rule, "jwtRule"), f"{_label(document)} jwtRules[{index}]"))
+    issuers = [provider.issuer for provider in providers]
+    if len(set(issuers)) != len(issuers):
+        # istiod does not merge them (istio#19245): several providers then race for one token.
+        raise UnsupportedPolicyError(f"several jwtRules for one issuer: {sorted(issuers)}")
+    return tuple(sorted(providers, key=lambda provider: provider.issuer))
+
+
+# --- JWKS as Envoy loads it (jwt_verify_lib src/jwks.cc) ---------------------------------------------
+
+
+def _envoy_jwks(text: str, where: str) -> tuple[_Jwk, ...]:
+    """The usable keys; a JWKS without any fails Envoy's config load (the whole listener is refused)."""
+    try:
+        return _load_jwks(text)
+    except (InvalidPolicyError, UnsupportedPolicyError) as error:
+        raise type(error)(f"{where}.jwks: {error}") from error
+
+
+@functools.cache
+def _load_jwks(text: str) -> tuple[_Jwk, ...]:
+    document = _json_object(text.encode())
+    if document is None:
+        raise InvalidPolicyError("Jwks is an invalid JSON")
+    if "keys" not in document:
+        raise UnsupportedPolicyError("a JWKS without `keys` (the x509 form) is not modelled")
+    if not isinstance(document["keys"], list):
+        raise InvalidPolicyError("[keys] in Jwks is not an array")
+    keys = [key for key in (_envoy_jwk(entry) for entry in document["keys"] if isinstance(entry, dict)) if key]
+    if not keys:
+        raise InvalidPolicyError("Jwks doesn't have any valid public key")
+    return tuple(keys)
+
+
+def _jwk_string(jwk: Mapping[str, Any], name: str) -> str | None:
+    value = jwk.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _envoy_jwk(jwk: Mapping[str, Any]) -> _Jwk | None:
+    """extractJwk: one key, or None when jwt_verify_lib skips it. Only public members are used."""
+    kty = _jwk_string(jwk, "kty")
+    kid, alg = _jwk_string(jwk, "kid") or "", _jwk_string(jwk, "alg") or ""
+    members: dict[str, Any]
+    try:
+        if kty == "RSA":
+            n, e = _jwk_string(jwk, "n"), _jwk_string(jwk, "e")
+            exponent = _base64url_decode(e) if e is not None else None
+            if (alg and alg[:2] not in ("RS", "PS")) or n is None or _base64url_decode(n) is None or not exponent:
+                return None
+            if int.from_bytes(exponent, "big") not in (3, 65537):
+                return None  # createRsaFromJwk: "non-standard key; reject it early"
+            members, algorithm = {"kty": "RSA", "n": n, "e": e}, "RS256"
+        elif kty == "EC":
+            crv = jwk.get("crv", "")
+            if (alg and not alg.startswith("ES")) or not isinstance(crv, str):
+                return None
+            curves = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+            if alg and crv and curves.get(alg) != crv:
+                return None
+            curve = curves.get(alg) or crv or "P-256"
+            if curve not in curves.values():
+                return None
+            members = {"kty": "EC", "crv": curve, "x": jwk.get("x"), "y": jwk.get("y")}
+            algorithm = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}[curve]
+        elif kty == "oct":
+            k = _jwk_string(jwk, "k")
+            if (alg and alg not in ("HS256", "HS384", "HS512")) or k is None or not _base64url_decode(k):
+                return None
+            members, algorithm = {"kty": "oct", "k": k}, "HS256"
+        elif kty == "OKP":
+            x = _jwk_string(jwk, "x")
+            if (alg and alg != "EdDSA") or jwk.get("crv") != "Ed25519" or x is None:
+                return None
+            members, algorithm = {"kty": "OKP", "crv": "Ed25519", "x": x}, "EdDSA"
+        else:
+            return None
+        # The algorithm is passed explicitly so the JWK's own `alg` does not steer PyJWT's key parsing.
+        return _Jwk(kty, kid, alg, jwt.PyJWK(members, algorithm).key)
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError):
+        return None
+
+
+# --- tokens --------------------------------------------------------------------------------------------
+
+
+_PAD_BYTES: Final = frozenset(b"=.")
+_SPACE_BYTES: Final = frozenset(b" \t\n\v\f\r")  # absl::ascii_isspace
+
+
+def _base64url_decode(segment: str) -> bytes | None:
+    """absl::WebSafeBase64Unescape (Base64UnescapeInternal), ported step by step; None = invalid.
+
+    It skips whitespace between data characters when enough input remains, and accepts no padding or
+    exactly the right number of `=` (or `.`), optionally followed by whitespace.
+    """
+    src = segment.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    size, pos = len(src), 0
+    decode = state = ch = temp = 0
+    broke = False
+    while size >= 4:
+        quad = src[pos : pos + 4]
+        if all(byte in _UNBASE64 for byte in quad):
+            temp = 0
+            for byte in quad:
+                temp = (temp << 6) | _UNBASE64[byte]
+            size, pos = size - 4, pos + 4
+        else:
+            for remain in (4, 3, 2, 1):  # GET_INPUT(label, remain)
+                while True:
+                    size, ch, pos = size - 1, src[pos], pos + 1
+                    decode = _UNBASE64.get(ch, -1)
+                    if decode < 0 and ch in _SPACE_BYTES and size >= remain:
+                        continue
+                    break
+                if decode < 0:
+                    state, broke = 4 - remain, True
+                    break
+                temp = decode if remain == 4 else (temp << 6) | decode
+            if broke:
+                break
+        out += bytes(((temp >> 16) & 0xFF, (temp >> 8) & 0xFF, temp & 0xFF))
+    if decode < 0 and ch not in _PAD_BYTES and ch not in _SPACE_BYTES:
+        return None
+    if ch in _PAD_BYTES:
+        size, pos = size + 1, pos - 1
+    else:
+        while size > 0:
+            size, ch, pos = size - 1, src[pos], pos + 1
+            decode = _UNBASE64.get(ch, -1)
+            if decode < 0:
+                if ch in _SPACE_BYTES:
+                    continue
+                if ch in _PAD_BYTES:
+                    size, pos = size + 1, pos - 1
+                    break
+                return None
+            temp, state = (temp << 6) | decode, state + 1
+            if state == 4:
+                out += bytes(((temp >> 16) & 0xFF, (temp >> 8) & 0xFF, temp & 0xFF))
+                state = temp = 0
+    if state == 1:
+        return None
+    if state == 2:
+        out.append((temp >> 4) & 0xFF)
+    elif state == 3:
+        out += bytes(((temp >> 10) & 0xFF, (temp >> 2) & 0xFF))
+    equals = 0
+    for byte in src[pos : pos + size]:
+        if byte in _PAD_BYTES:
+            equals += 1
+        elif byte not in _SPACE_BYTES:
+            return None
+    return bytes(out) if equals in (0, {0: 0, 2: 2, 3: 1}[state]) else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise UnsupportedPolicyError("duplicate keys in a JWT/JWKS JSON object: protobuf's handling not modelled")
+    return result
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """protobuf JsonStringToMessage into a Struct: a UTF-8 JSON object, no NaN/Infinity; None = invalid."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _claim_string(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name, "")
+    if not isinstance(value, str):
+        raise _Rejected(f"Jwt payload [{name}] field is not a string")
+    return value
+
+
+def _claim_uint64(claims: Mapping[str, Any], name: str) -> int:
+    """StructUtils::GetUInt64: a JSON number in [0, 2^64), truncated; absent = 0."""
+    value = claims.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Rejected(f"Jwt payload [{name}] field is not an integer")
+    try:
+        in_range = 0 <= float(value) < _UINT64_LIMIT
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise _Rejected(f"Jwt payload [{name}] field is not a positive 64 bit integer")
+    return int(value)
+
+
+def _parse_jwt(token: str) -> _Jwt:
+    """Jwt::parseFromString (jwt_verify_lib src/jwt.cc)."""
+    parts = [part for part in token.split(".") if part]  # absl::StrSplit(jwt, '.', absl::SkipEmpty())
+    if len(parts) != 3:
+        raise _Rejected("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")
+    header_raw = _base64url_decode(parts[0])
+    if header_raw is None:
+        raise _Rejected("Jwt header is an invalid Base64url encoded")
+    header = _json_object(header_raw)
+    if header is None:
+        raise _Rejected("Jwt header is an invalid JSON")
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise _Rejected("Jwt header [alg] field is required and must be a string")
+    if alg not in _IMPLEMENTED_ALGS:
+        raise _Rejected("Jwt header [alg] is not supported")
+    kid = header.get("kid", "")
+    if not isinstance(kid, str):
+        raise _Rejected("Jwt header [kid] field is not a string")
+    payload_raw = _base64url_decode(parts[1])
+    if payload_raw is None:
+        raise _Rejected("Jwt payload is an invalid Base64url encoded")
+    claims = _json_object(payload_raw)
+    if claims is None:
+        raise _Rejected("Jwt payload is an invalid JSON")
+    iss = _claim_string(claims, "iss")
+    _claim_string(claims, "sub")
+    _claim_uint64(claims, "iat")  # type-checked, never compared with the clock
+    nbf, exp = _claim_uint64(claims, "nbf"), _claim_uint64(claims, "exp")
+    _claim_string(claims, "jti")
+    aud = claims.get("aud", [])
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
+        raise _Rejected("Jwt payload [aud] field is not a string or string list")
+    signature = _base64url_decode(parts[2])
+    if signature is None:
+        raise _Rejected("Jwt signature is an invalid Base64url encoded")
+    signed = f"{parts[0]}.{parts[1]}".encode()
+    return _Jwt(signed, alg, kid, claims, iss, tuple(audiences), nbf, exp, signature)
+
+
+def _sanitize_audience(audience: str) -> str:
+    """CheckAudience's sanitizeAudience: drop an http:// or https:// prefix and one trailing `/`."""
+    if not audience:
+        return audience
+    start = len("http://") if audience.startswith("http://") else len("https://") * audience.startswith("https://")
+    end = len(audience) - 1 if audience.endswith("/") else len(audience)
+    return audience[start:end]
+
+
+def _hash_for(alg: str) -> type[hashes.HashAlgorithm]:
+    # verify.cc picks the digest from the token's alg within the key's family; the default is SHA-256.
+    return hashes.SHA384 if alg.endswith("384") else hashes.SHA512 if alg.endswith("512") else hashes.SHA256
+
+
+def _ec_verifies(key: ec.EllipticCurvePublicKey, alg: str, signature: bytes, signed: bytes) -> bool:
+    # verifySignatureEC: r and s are the two halves of the signature, whatever its length (not DER).
+    half = len(signature) // 2
+    r, s = int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half : 2 * half], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(_hash_for(alg)()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _signature_verifies(key: _Jwk, token: _Jwt) -> bool:
+    alg, signature, signed = token.alg, token.signature, token.signed
+    if key.kty == "EC":
+        return _ec_verifies(key.key, alg, signature, signed)
+    if key.kty == "RSA" and alg.startswith("RS"):
+        return bool(RSAAlgorithm(_hash_for(alg)).verify(signed, key.key, signature))
+    if key.kty == "RSA" and alg.startswith("PS"):
+        return bool(RSAPSSAlgorithm(_hash_for(alg)).verify(signed, key.key, signature))
+    if key.kty == "oct":
+        digest = {hashes.SHA384: HMACAlgorithm.SHA384, hashes.SHA512: HMACAlgorithm.SHA512}.get(
+            _hash_for(alg), HMACAlgorithm.SHA256
+        )
+        return bool(HMACAlgorithm(digest).verify(signed, key.key, signature))
+    if key.kty == "OKP":
+        if len(signature) != 64:
+            raise _Rejected("Jwt ED25519 signature is wrong length")
+        return bool(OKPAlgorithm().verify(signed, key.key, signature))
+    return False  # e.g. an RSA key and an HS256/ES256 token: no verification is even attempted
+
+
+def _verify(provider: _Provider, token: str, now: int) -> Mapping[str, Any]:
+    """AuthenticatorImpl::startVerify + verifyKey for one token and one provider; raises _Rejected."""
+    parsed = _parse_jwt(token)
+    if parsed.iss != provider.issuer:
+        raise _Rejected(_MISSING_ISSUER)
+    # Jwt::verifyTimeConstraint: nbf/exp absent are 0; exp 0 means "no expiry".
+    if now + _CLOCK_SKEW < parsed.nbf:
+        raise _Rejected("Jwt not yet valid")
+    if parsed.exp and now > parsed.exp + _CLOCK_SKEW:
+        raise _Rejected("Jwt is expired")
+    if provider.audiences and not provider.audiences & {_sanitize_audience(a) for a in parsed.audiences}:
+        raise _Rejected(_AUDIENCE_NOT_ALLOWED)
+    matched = False
+    for key in provider.keys:
+        # verifyJwtWithoutTimeChecking: kids must agree when both are set; a JWK alg must equal the token's.
+        if parsed.kid and key.kid and key.kid != parsed.kid:
+            continue
+        if key.alg and key.alg != parsed.alg:
+            continue
+        matched = True
+        if _signature_verifies(key, parsed):
+            return _normalize_payload(parsed.claims, provider.space_delimited)
+    raise _Rejected("Jwt verification fails" if matched else "Jwks doesn't have key to match kid or alg from Jwt")
+
+
+def _normalize_payload(claims: Mapping[str, Any], space_delimited: frozenset[str]) -> dict[str, Any]:
+    # setPayloadMetadata: a string claim listed there becomes the list of its space-separated words
+    # (a string without any word stays as it is).
+    normalized = dict(claims)
+    for name in space_delimited:
+        value = claims.get(name)
+        words = value.split(" ") if isinstance(value, str) else []
+        if any(words):
+            normalized[name] = [word for word in words if word]
+    return normalized
+
+
+# --- extraction and the decision -------------------------------------------------------------------
+
+
+def _query(path: str) -> list[tuple[str, str, str]]:
+    """(raw pair, decoded key, decoded value) of the query string, as parseAndDecodeQueryString reads it."""
+    if "?" not in path:
+        return []
+    query = path.split("?", 1)[1].split("#", 1)[0]
+    pairs = []
+    for raw in query.split("&"):
+        if raw:
+            key, _, value = raw.partition("=")
+            pairs.append((raw, unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
+def _extract(provider: _Provider, request: IstioRequest) -> list[tuple[_Location, str]]:
+    """ExtractorImpl::extract for one provider: (location, token) in Envoy's order."""
+    tokens: list[tuple[_Location, str]] = []
+    for location in provider.locations:
+        if location.header is not None:
+            value = _header(request, location.header)
+            if value is None:
+                continue
+            value = value.strip(" \t")  # the codec strips optional whitespace around field values
+            if location.prefix:
+                position = value.find(location.prefix)  # anywhere in the value, case-sensitive
+                if position < 0:
+                    continue
+                rest = value[position + len(location.prefix) :]
+                # extractJWT: skip to the first base64url-or-dot character; none at all -> the whole value.
+                start = next((i for i, char in enumerate(rest) if char in _TOKEN_CHARS), None)
+                value = value if start is None else rest[start:]
+            tokens.append((location, value))
+        else:
+            found = [value for _, key, value in _query(request.path) if key == location.param]
+            if found and not found[0]:
+                raise UnsupportedPolicyError(f"empty ?{location.param}= value: Envoy's handling is not modelled")
+            if found:
+                tokens.append((location, found[0]))
+    return tokens
+
+
+def _is_cors_preflight(request: IstioRequest) -> bool:
+    # Istio sets bypass_cors_preflight: OPTIONS with non-empty Origin and Access-Control-Request-Method.
+    return (
+        request.method == "OPTIONS"
+        and bool(_header(request, "origin"))
+        and bool(_header(request, "access-control-request-method"))
+    )
+
+
+def _without_token(request: IstioRequest, locations: Iterable[_Location]) -> IstioRequest:
+    """handleGoodJwt with forward=false: the token's header is removed, or its query parameter."""
+    headers = dict(request.headers)
+    path = request.path
+    for location in locations:
+        if location.header is not None:
+            headers = {name: value for name, value in headers.items() if name.lower() != location.header}
+        else:
+            kept = [raw for raw, key, _ in _query(path) if key != location.param]
+            base = path.split("?", 1)[0]
+            path = f"{base}?{'&'.join(kept)}" if kept else base
+    return dataclasses.replace(request, headers=headers, path=path)
+
+
+def _authenticate(providers: Sequence[_Provider], request: IstioRequest) -> _Authenticated | Outcome:
+    if not providers or _is_cors_preflight(request):
+        return _Authenticated(request, None)
+    found = [(provider, _extract(provider, request)) for provider in providers]
+    tokens = {token for _, located in found for _, token in located}
+    if not tokens:
+        return _Authenticated(request, None)  # allow_missing: anonymous
+    if len(tokens) > 1:
+        # Every provider verifier stops at its first bad token, allow_missing's own loop does not, and
+        # Istio documents the principal as nondeterministic: not modelled.
+        raise UnsupportedPolicyError(f"{len(tokens)} different JWTs in one request (e.g. header and query)")
+    (token,) = tokens
+    now = int(time.time() if request.now is None else request.now)
+    rejections: list[_Rejected] = []
+    for provider, located in found:
+        if not located:
+            continue  # JwtMissed for this provider
+        try:
+            claims = _verify(provider, token, now)
+        except _Rejected as rejected:
+            rejections.append(rejected)
+            continue
+        # requires_any: the first provider that verifies the token decides (issuers are unique).
+        seen = request if provider.forward else _without_token(request, (where for where, _ in located))
+        return _Authenticated(seen, claims)
+    # AnyVerifierImpl prefers an error other than "missing" / "issuer not configured" (measured).
+    specific = [rejected for rejected in rejections if rejected.reason != _MISSING_ISSUER]
+    return (specific or rejections)[0].outcome
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,8 +23,14 @@ Deliberate choices (where this is stricter or looser than a real cluster):
 * ``rules: []`` under DENY/CUSTOM is reported like an unset ``rules``: it can never match.
 * Upper-case methods are not an istiod check; Istio's docs say requests are answered with
   400 otherwise, so a lower-case method in a policy is always a generator bug.
-* RequestAuthentication gets layers 1 and 2 plus the selector/targetRef webhook checks; its
-  JWT-rule webhook checks are not mirrored.
+* RequestAuthentication gets all three layers: ``validateJwtRule`` and the private-key warning are
+  mirrored. istiod parses ``jwks`` with lestrrat-go/jwx v1 (``jwk.Parse``); here PyJWT's ``PyJWK``
+  stands in for it, key by key, so an exotic key one library takes and the other refuses can differ.
+  Stricter than the webhook: a JWKS with no keys at all is an error, because Envoy then refuses the
+  whole listener ("Jwks doesn't have any valid public key").
+* ``request.auth.claims[...]`` keys that pass the webhook's ``a[b]`` check but that istiod's
+  ``extractNameInNestedBrackets`` cannot split (e.g. ``request.auth.claimsX[a]``) are errors: istiod
+  silently drops such a rule (ALLOW) or condition (DENY).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import celpy
+import jwt
 import yaml
 from celpy import celtypes
 from celpy.adapter import json_to_cel
@@ -546,6 +553,7 @@ _WHEN_PLAIN_KEYS = frozenset(
 )  # fmt: skip
 # Keys that carry a sub-key in brackets: request.headers[x-a], request.auth.claims[iss], ...
 _WHEN_MAP_PREFIXES = ("request.headers", "request.auth.claims", "experimental.envoy.filters.")
+_REQUEST_CLAIMS = "request.auth.claims"
 _WHEN_VALUE_CHECKS: Mapping[str, Callable[[str], str | None]] = {
     "source.ip": _ip_error,
     "remote.ip": _ip_error,
@@ -563,7 +571,25 @@ def _map_key_error(key: str) -> str | None:
     return f"bad key ({key}): should have format a[b]"
 
 
+def _claim_names_error(key: str) -> str | None:
+    """istiod's extractNameInNestedBrackets on what follows ``request.auth.claims`` (model/util.go)."""
+    brackets = key[len(_REQUEST_CLAIMS) :]
+    begin = 0
+    while begin < len(brackets):
+        end = brackets.find("]", begin)
+        nested = brackets.find("[", begin + 1)
+        if brackets[begin] != "[" or end == -1 or (nested != -1 and nested < end):
+            # istiod falls back to one `[name]` around the whole rest, else errors and drops the rule.
+            if brackets.startswith("[") and brackets.endswith("]"):
+                return None
+            return f"istiod cannot extract the claim names from {key} (it drops the rule or condition)"
+        begin = end + 1
+    return None
+
+
 def _when_key_error(key: str) -> str | None:
+    if key.startswith(_REQUEST_CLAIMS):
+        return _map_key_error(key) or _claim_names_error(key)
     if key.startswith(_WHEN_MAP_PREFIXES):
         return _map_key_error(key)
     if key in _WHEN_PLAIN_KEYS:
@@ -820,10 +846,145 @@ def _envoy_filter_errors(spec: Mapping[str, Any]) -> Errors:
     return errors
 
 
+# --- RequestAuthentication (validation.go ValidateRequestAuthentication / validateJwtRule) -----------
+
+_STRICT_HEADER_NAME_RE = re.compile(r"[-_A-Za-z0-9]+")  # ValidateStrictHTTPHeaderName
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+# PyJWK needs an algorithm to pick the key parser; the JWK's own `alg` is not trusted for that.
+_KEY_ALGORITHMS: Mapping[str, str] = {"RSA": "RS256", "oct": "HS256", "OKP": "EdDSA"}
+_CURVE_ALGORITHMS: Mapping[str, str] = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
+
+
+def _jwks_keys(text: str) -> tuple[list[Mapping[str, Any]], str | None]:
+    """The JWKs of an inline ``jwks`` (a set, or one bare key as jwx's Parse also takes), or the parse error."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        return [], f"invalid JSON: {exc}"
+    if not isinstance(document, Mapping):
+        return [], "a JWK set must be a JSON object"
+    if "keys" not in document:
+        return [document], None
+    if not isinstance(document["keys"], list):
+        return [], "`keys` must be an array"
+    return list(document["keys"]), None
+
+
+def _jwk_error(key: Any, index: int) -> str | None:
+    if not isinstance(key, Mapping):
+        return f"key {index} is not a JSON object"
+    kty = key.get("kty")
+    algorithm = _CURVE_ALGORITHMS.get(key.get("crv", "P-256")) if kty == "EC" else _KEY_ALGORITHMS.get(str(kty))
+    if algorithm is None:
+        return f"key {index}: unsupported kty {kty!r}" + (f" / crv {key.get('crv')!r}" if kty == "EC" else "")
+    try:
+        jwt.PyJWK(dict(key), algorithm)
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+        return f"key {index}: {exc}"
+    return None
+
+
+def _jwks_errors(text: str, where: str) -> Errors:
+    keys, problem = _jwks_keys(text)
+    problems = [problem] if problem else [error for i, key in enumerate(keys) if (error := _jwk_error(key, i))]
+    if problems:
+        return [f"{where}: jwks parse error: {'; '.join(problems)}"]
+    if not keys:
+        return [f"{where}: jwks has no keys: Envoy refuses the listener (Jwks doesn't have any valid public key)"]
+    return []
+
+
+def _jwks_uri_error(uri: str) -> str | None:
+    """security.ParseJwksURI: Go url.Parse, then an http/https scheme and a numeric port."""
+    if _CONTROL_CHARS_RE.search(uri):
+        return f"parse {uri!r}: net/url: invalid control character in URL"
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        return f"parse {uri!r}: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"URI scheme {parts.scheme!r} is not supported"
+    host = parts.netloc.rpartition("@")[2]
+    port = host.rpartition("]")[2].partition(":")[2] if host.startswith("[") else host.partition(":")[2]
+    if port and not port.isdigit():
+        return f"parse {uri!r}: invalid port {':' + port!r} after host"
+    return None
+
+
+def _location_errors(rule: Mapping[str, Any], where: str) -> Errors:
+    errors: Errors = []
+    for index, location in enumerate(_items(rule.get("fromHeaders"))):
+        at = f"{where}.fromHeaders[{index}]"
+        if location is None:
+            errors.append(f"{at}: location header name must be non-null")
+        elif not _mapping(location).get("name"):
+            errors.append(f"{at}: location header name must be non-empty string")
+    for field, message in (("fromParams", "location query"), ("fromCookies", "cookie name")):
+        for index, value in enumerate(_items(rule.get(field))):
+            if value == "":
+                errors.append(f"{where}.{field}[{index}]: {message} must be non-empty string")
+    return errors
+
+
+def _claim_to_header_errors(rule: Mapping[str, Any], where: str) -> Errors:
+    errors: Errors = []
+    for index, entry in enumerate(_items(rule.get("outputClaimToHeaders"))):
+        at = f"{where}.outputClaimToHeaders[{index}]"
+        if entry is None:
+            errors.append(f"{at}: outputClaimToHeaders must not be null")
+            continue
+        header, claim = _mapping(entry).get("header"), _mapping(entry).get("claim")
+        if not header or not claim:
+            errors.append(f"{at}: outputClaimToHeaders header and claim value must be non-empty string")
+        elif isinstance(header, str) and not _STRICT_HEADER_NAME_RE.fullmatch(header):
+            errors.append(f"{at}: header name {header} is not a valid header name")
+    return errors
+
+
+def _jwt_rule_errors(rule: Any, where: str) -> Errors:
+    rule = _mapping(rule)
+    errors: Errors = []
+    for index, audience in enumerate(_items(rule.get("audiences"))):
+        if audience == "":
+            errors.append(f"{where}.audiences[{index}]: audience must be non-empty string")
+    # jwks_uri is the proto field name of jwksUri: protojson fills the same field from either.
+    jwks_uri = rule.get("jwksUri") or rule.get("jwks_uri")
+    if not rule.get("issuer") and not jwks_uri:
+        errors.append(f"{where}: issuer or jwksUri must be non-empty string")
+    if isinstance(jwks_uri, str) and (problem := _jwks_uri_error(jwks_uri)):
+        errors.append(f"{where}.jwksUri: {problem}")
+    if isinstance(rule.get("jwks"), str) and rule["jwks"]:
+        errors += _jwks_errors(rule["jwks"], f"{where}.jwks")
+    return errors + _location_errors(rule, where) + _claim_to_header_errors(rule, where)
+
+
+def _request_authentication_errors(spec: Mapping[str, Any]) -> Errors:
+    errors = _attachment_errors(spec)
+    for index, rule in enumerate(_items(spec.get("jwtRules"))):
+        errors += _jwt_rule_errors(rule, f"spec.jwtRules[{index}]")
+    return errors
+
+
+def _private_jwks_warnings(spec: Mapping[str, Any]) -> Errors:
+    """warnPrivateJwksKeys: jwx's RSA/ECDSA/OKP private keys (they carry `d`) and every symmetric key."""
+    warnings: Errors = []
+    for index, rule in enumerate(_items(spec.get("jwtRules"))):
+        text = _mapping(rule).get("jwks")
+        if not isinstance(text, str) or not text or _jwks_errors(text, ""):
+            continue  # istiod warns only about a JWKS it could parse
+        for position, key in enumerate(_jwks_keys(text)[0]):
+            if key.get("kty") == "oct" or "d" in key:
+                warnings.append(
+                    f"spec.jwtRules[{index}].jwks: jwks key at index {position} contains private key material; "
+                    "only public keys are used for verification"
+                )
+    return warnings
+
+
 _WEBHOOK_CHECKS: Mapping[str, Callable[[Mapping[str, Any]], Errors]] = {
     "AuthorizationPolicy": _authorization_policy_errors,
     "PeerAuthentication": _peer_authentication_errors,
-    "RequestAuthentication": _attachment_errors,
+    "RequestAuthentication": _request_authentication_errors,
     "EnvoyFilter": _envoy_filter_errors,
 }
 
@@ -910,6 +1071,8 @@ def webhook_warnings(doc: Mapping[str, Any]) -> list[str]:
             ["Envoy filter: will be applied to all services in namespace"] if namespace_wide else []
         )
     warnings = _selector_warnings(spec)
+    if doc.get("kind") == "RequestAuthentication":
+        warnings += _private_jwks_warnings(spec)
     if doc.get("kind") == "AuthorizationPolicy" and spec.get("action") == "DENY":
         for index, rule in enumerate(_items(spec.get("rules"))):
             if isinstance(rule, Mapping) and _deny_tcp_warning(rule):

@@ -31,7 +31,14 @@ from tests.support.envoy_process import EnvoyProcess
 from tests.support.filter_host import filter_host_bootstrap
 from tests.support.goldens import golden_cases, load_case
 from tests.support.h2client import GRPC_HEADERS, H2Response, H2Session, grpc_frame, refused_by_proxy
-from tests.support.matrix import LOOPBACK_OUTSIDER_IP, STANDARD_METHODS, full_matrix, grpc_message, loopback_variant
+from tests.support.matrix import (
+    LOOPBACK_OUTSIDER_IP,
+    STANDARD_METHODS,
+    full_matrix,
+    grpc_message,
+    loopback_variant,
+    refusal,
+)
 from tests.support.paths import NON_CANONICAL_FORMS, envoy_canonical
 from tests.support.pki import CertFiles, TestCA
 from tests.support.processes import free_port
@@ -251,7 +258,8 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
     grpc_client: GrpcClient | None = None
     try:
         for label, request in requests:
-            expected = decide(case.spec, request).allowed
+            decision = decide(case.spec, request)
+            expected, answers = decision.allowed, refusal(decision)
             if needs_h2(request):
                 response = send_h2(case, identity, request, h2_sessions)
                 passed = not refused_by_proxy(response)
@@ -263,17 +271,17 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
                 grpc_client = grpc_client or GrpcClient(case, identity)
                 code = grpc_client.call(request)
                 allowed[request.protocol] += code == grpc.StatusCode.OK
-                if code not in (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED):
-                    mismatches.append(f"{label}: unexpected gRPC status {code.name}")
+                if code != grpc.StatusCode.OK and code.value[0] not in answers.grpc:
+                    mismatches.append(f"{label}: got {code.name}, decide() says {decision.reason}")
                 elif (code == grpc.StatusCode.OK) != expected:
                     mismatches.append(f"{label}: got {code.name}, decide() says allowed={expected}")
                 continue
             client = http_clients.setdefault(request.protocol, HttpClient(case, identity, request.protocol))
             status = client.send(request.method, request.path)
             allowed[request.protocol] += 200 <= status < 300
-            if status != 403 and not 200 <= status < 300:
-                mismatches.append(f"{label}: unexpected HTTP status {status}")
-            elif (status != 403) != expected:
+            if not 200 <= status < 300 and status not in answers.http:
+                mismatches.append(f"{label}: got HTTP {status}, decide() says {decision.reason}")
+            elif (200 <= status < 300) != expected:
                 mismatches.append(f"{label}: got {status}, decide() says allowed={expected}")
     finally:
         for http_client in http_clients.values():

@@ -5,6 +5,7 @@ Expectations come from the Istio semantics notes, not from meshgen: this file mu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,15 +15,21 @@ import yaml
 from tests.istio_eval import (
     InvalidPolicyError,
     IstioRequest,
+    Outcome,
     UnsupportedPolicyError,
+    Verdict,
     Workload,
     evaluate,
+    evaluate_all,
+    evaluate_outcomes,
     normalize_path,
     policy_applies,
     rule_matches,
     validate_policy,
+    validate_request_authentication,
 )
 from tests.istio_validation import shared_reference_dir
+from tests.support.jwt_tokens import SigningKey, b64url, claims, der_signed, invalid_tokens, jwks, mint, provider_key
 
 EXAMPLES = shared_reference_dir() / "istio-rbac-examples"
 
@@ -286,7 +293,7 @@ SOURCE_CASES = [
     (frm(trustDomains=["cluster.local"]), CLIENT, True),
     (frm(trustDomains=["other.local"]), CLIENT, False),
     (frm(trustDomains=["*"]), None, False),
-    (frm(requestPrincipals=["*"]), CLIENT, False),  # no JWT support: never matches
+    (frm(requestPrincipals=["*"]), CLIENT, False),  # mTLS identity is not a request principal (no JWT)
     (frm(notRequestPrincipals=["issuer/sub"]), CLIENT, True),
     (when("source.principal", [CLIENT]), CLIENT, True),
     (when("source.principal", ["*"]), None, False),
@@ -373,8 +380,9 @@ def test_path_pseudo_header_keeps_query() -> None:
 @pytest.mark.parametrize(
     ("key", "error"),
     [
-        ("request.auth.claims[iss]", UnsupportedPolicyError),
-        ("request.auth.principal", UnsupportedPolicyError),
+        ("request.auth.claimsX[iss]", UnsupportedPolicyError),  # webhook accepts it, istiod cannot translate it
+        ("request.auth.claims", InvalidPolicyError),
+        ("request.auth.claims[]", InvalidPolicyError),
         ("destination.ip", UnsupportedPolicyError),
         ("remote.ip", UnsupportedPolicyError),
         ("connection.sni", UnsupportedPolicyError),
@@ -780,3 +788,616 @@ def test_every_example_is_covered() -> None:
 @pytest.mark.parametrize(("name", "workload", "request_", "expected"), EXAMPLE_CASES)
 def test_example_semantics(name: str, workload: Workload, request_: IstioRequest, expected: bool) -> None:
     assert evaluate(load_example(name), workload, request_) is expected
+
+
+# --------------------------------------------------------------------------------------------------
+# JWT: RequestAuthentication (jwt_authn before RBAC), requestPrincipals and request.auth.* conditions
+#
+# Expectations come from /work/notes/jwt.md (Istio 1.30.3 source, measured on Envoy 1.40): the reason
+# strings are jwt_verify_lib's, as Envoy returned them in the measured matrix.
+# --------------------------------------------------------------------------------------------------
+
+ISS_A = "https://idp-a.example"
+ISS_B = "https://idp-b.example"
+AUD = "meshgen-api"
+KEY_A = provider_key("idp-a", "RSA")
+KEY_A_EC = provider_key("idp-a", "EC")
+KEY_B = provider_key("idp-b", "RSA")
+STRANGER = provider_key("stranger", "RSA")
+BEARER = [{"name": "Authorization", "prefix": "Bearer "}]
+NOW = 1_800_000_000  # a fixed clock for the cases that test time
+_DEFAULT: Any = object()
+
+
+def jwt_rule(
+    issuer: str = ISS_A,
+    keys: tuple[SigningKey, ...] = (KEY_A, KEY_A_EC),
+    *,
+    audiences: tuple[str, ...] = (AUD,),
+    from_headers: Any = _DEFAULT,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One jwtRule with inline JWKS; ``from_headers=None`` leaves Envoy's default token locations."""
+    rule: dict[str, Any] = {"issuer": issuer, "jwks": jwks(*keys)}
+    if audiences:
+        rule["audiences"] = list(audiences)
+    if from_headers is not None:
+        rule["fromHeaders"] = BEARER if from_headers is _DEFAULT else from_headers
+    return rule | extra
+
+
+def ra(
+    *rules: dict[str, Any], namespace: str = NS, selector: Mapping[str, str] | None = None, name: str = "jwt"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"jwtRules": list(rules)}
+    if selector is not None:
+        spec["selector"] = {"matchLabels": dict(selector)}
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def outcome(documents: list[Any], **overrides: Any) -> Outcome:
+    return evaluate_outcomes(documents, TRITON, [req(**overrides)])[0]
+
+
+RA_A = ra(jwt_rule())
+ALICE = claims(ISS_A, "alice", AUD)
+VALID = mint(ALICE, KEY_A)
+PRINCIPAL_A = f"{ISS_A}/alice"
+ALLOW_ALL = ap([{}])
+REQUIRE_TOKEN = ap([frm(requestPrincipals=["*"])])
+# The notes' DENY for credentials jwt_authn did not verify (A.4): Authorization present, no iss/sub.
+DENY_UNVERIFIED = ap(
+    [{**frm(notRequestPrincipals=["*"]), **when("request.headers[authorization]", ["*"])}],
+    action="DENY",
+)
+
+
+def timed(**fields: Any) -> dict[str, Any]:
+    """A body for the fixed clock NOW: issued 100 s ago, expiring at NOW, unless overridden."""
+    body: dict[str, Any] = {"iss": ISS_A, "sub": "alice", "aud": AUD, "iat": NOW - 100, "nbf": NOW - 100, "exp": NOW}
+    return {key: value for key, value in (body | fields).items() if value is not None}
+
+
+# --- invalid tokens: 401 before any policy --------------------------------------------------------
+
+INVALID = invalid_tokens(ALICE, KEY_A, STRANGER) | {"ES256 signature DER-encoded": der_signed(ALICE, KEY_A_EC)}
+TWO_DOTS = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+NO_KEY = "Jwks doesn't have key to match kid or alg from Jwt"
+AUDIENCES = "Audiences in Jwt are not allowed"
+INVALID_REASONS = {
+    "bad signature (other key, same kid)": "Jwt verification fails",
+    "tampered payload": "Jwt verification fails",
+    "signature bit flipped": "Jwt verification fails",
+    "alg none, empty signature": TWO_DOTS,
+    "alg none, with signature": "Jwt header [alg] is not supported",
+    "HS256 signed with the public key": NO_KEY,
+    "unknown kid": NO_KEY,
+    "unknown issuer": "Jwt issuer is not configured",
+    "unknown issuer, stranger's key": "Jwt issuer is not configured",
+    "expired": "Jwt is expired",
+    "not yet valid": "Jwt not yet valid",
+    "other algorithm for the key": NO_KEY,  # the JWK pins alg RS256
+    "two segments": TWO_DOTS,
+    "not a JWT": TWO_DOTS,
+    "garbage segments": "Jwt header is an invalid JSON",
+    "header not JSON": "Jwt header is an invalid JSON",
+    "payload not JSON": "Jwt payload is an invalid JSON",
+    "padding in segments": "Jwt header is an invalid Base64url encoded",
+    "ES256 signature DER-encoded": "Jwt verification fails",
+}
+
+
+def test_every_invalid_token_has_an_expected_reason() -> None:
+    assert INVALID.keys() == INVALID_REASONS.keys()
+
+
+@pytest.mark.parametrize("label", sorted(INVALID))
+def test_invalid_tokens_are_rejected_before_rbac(label: str) -> None:
+    result = outcome([RA_A, ALLOW_ALL], headers=bearer(INVALID[label]))
+    assert (result.verdict, result.status, result.reason) == (Verdict.UNAUTHENTICATED, 401, INVALID_REASONS[label])
+    assert result.claims is None
+    assert not evaluate([RA_A, ALLOW_ALL], TRITON, req(headers=bearer(INVALID[label])))
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({**ALICE, "sub": 7}, "Jwt payload [sub] field is not a string"),  # rejected, not "never matches"
+        ({**ALICE, "iss": [ISS_A]}, "Jwt payload [iss] field is not a string"),
+        ({**ALICE, "iat": "yesterday"}, "Jwt payload [iat] field is not an integer"),  # type-checked only
+        ({**ALICE, "exp": "tomorrow"}, "Jwt payload [exp] field is not an integer"),
+        ({**ALICE, "exp": True}, "Jwt payload [exp] field is not an integer"),
+        ({**ALICE, "nbf": -1}, "Jwt payload [nbf] field is not a positive 64 bit integer"),
+        ({**ALICE, "exp": None}, "Jwt payload [exp] field is not an integer"),  # JSON null
+        ({**ALICE, "jti": 1}, "Jwt payload [jti] field is not a string"),
+        ({**ALICE, "aud": [AUD, 1]}, "Jwt payload [aud] field is not a string or string list"),
+    ],
+)
+def test_malformed_claims_are_rejected(body: dict[str, Any], reason: str) -> None:
+    result = outcome([RA_A], headers=bearer(mint(body, KEY_A)))
+    assert (result.verdict, result.reason) == (Verdict.UNAUTHENTICATED, reason)
+
+
+# --- tokens that verify ---------------------------------------------------------------------------
+
+UNPINNED = ra(jwt_rule(keys=(), audiences=()) | {"jwks": json.dumps({"keys": [KEY_A.jwk(alg=False, kid=False)]})})
+HMAC_SECRET = b"0123456789abcdef0123456789abcdef"
+HMAC_RA = ra(
+    jwt_rule() | {"jwks": json.dumps({"keys": [{"kty": "oct", "kid": "h", "alg": "HS256", "k": b64url(HMAC_SECRET)}]})}
+)
+
+ACCEPTED_CASES = [
+    # (id, documents, token)
+    ("RS256 with kid", [RA_A], VALID),
+    ("ES256 with kid", [RA_A], mint(ALICE, KEY_A_EC)),
+    ("RS256 without kid", [RA_A], mint(ALICE, KEY_A, kid=False)),
+    ("aud list holding ours", [RA_A], mint(claims(ISS_A, "alice", ["other", AUD]), KEY_A)),
+    ("aud compared without scheme and trailing /", [RA_A], mint(claims(ISS_A, "alice", f"https://{AUD}/"), KEY_A)),
+    ("no exp at all", [RA_A], mint({k: v for k, v in ALICE.items() if k != "exp"}, KEY_A)),
+    ("no audiences configured: any aud", [ra(jwt_rule(audiences=()))], mint(claims(ISS_A, "alice", "x"), KEY_A)),
+    ("no audiences configured: no aud", [ra(jwt_rule(audiences=()))], mint(claims(ISS_A, "alice"), KEY_A)),
+    ("JWK without alg: RS384", [UNPINNED], mint(ALICE, KEY_A, alg="RS384")),
+    ("JWK without alg: PS256", [UNPINNED], mint(ALICE, KEY_A, alg="PS256")),
+    ("JWK without kid: any token kid", [UNPINNED], mint(ALICE, KEY_A, kid="whatever")),
+    ("HS256 with an oct JWK", [HMAC_RA], mint(ALICE, HMAC_SECRET, kid="h")),
+]
+
+
+@pytest.mark.parametrize(
+    ("documents", "token"), [case[1:] for case in ACCEPTED_CASES], ids=[case[0] for case in ACCEPTED_CASES]
+)
+def test_valid_tokens_carry_their_principal(documents: list[Any], token: str) -> None:
+    result = outcome([*documents, REQUIRE_TOKEN], headers=bearer(token))
+    assert result.verdict is Verdict.ALLOWED, result.reason
+    assert result.principal == PRINCIPAL_A
+
+
+@pytest.mark.parametrize(
+    ("body", "now", "verdict", "reason"),
+    [
+        (timed(), NOW + 30, Verdict.ALLOWED, None),  # expired 30 s ago: inside the 60 s clock skew
+        (timed(), NOW + 60, Verdict.ALLOWED, None),
+        (timed(), NOW + 61, Verdict.UNAUTHENTICATED, "Jwt is expired"),
+        (timed(exp=NOW + 0.9), NOW + 60.99, Verdict.ALLOWED, None),  # both truncated to whole seconds
+        (timed(nbf=NOW + 60), NOW, Verdict.ALLOWED, None),
+        (timed(nbf=NOW + 61), NOW, Verdict.UNAUTHENTICATED, "Jwt not yet valid"),
+        (timed(iat=NOW + 86400), NOW, Verdict.ALLOWED, None),  # iat is never compared with the clock
+        (timed(exp=0), NOW, Verdict.ALLOWED, None),  # exp 0 = no expiry
+        (timed(exp=None, nbf=None, iat=None), NOW, Verdict.ALLOWED, None),
+    ],
+)
+def test_time_constraints(body: dict[str, Any], now: float, verdict: Verdict, reason: str | None) -> None:
+    result = outcome([RA_A], headers=bearer(mint(body, KEY_A)), now=now)
+    assert result.verdict is verdict
+    if reason is not None:
+        assert result.reason == reason
+
+
+# --- audiences: 403 from jwt_authn, checked after the clock and before the signature ---------------
+
+
+@pytest.mark.parametrize(
+    ("token", "verdict", "reason"),
+    [
+        (
+            mint(claims(ISS_A, "alice", "other-api"), KEY_A),
+            Verdict.AUDIENCE_REJECTED,
+            "Audiences in Jwt are not allowed",
+        ),
+        (mint(claims(ISS_A, "alice"), KEY_A), Verdict.AUDIENCE_REJECTED, "Audiences in Jwt are not allowed"),
+        (mint(claims(ISS_A, "alice", []), KEY_A), Verdict.AUDIENCE_REJECTED, "Audiences in Jwt are not allowed"),
+        (mint(claims(ISS_A, "alice", "other-api"), STRANGER, kid=KEY_A.kid), Verdict.AUDIENCE_REJECTED, None),
+        (mint(claims(ISS_A, "alice", "other-api", lifetime=-3600), KEY_A), Verdict.UNAUTHENTICATED, "Jwt is expired"),
+        (mint(claims(ISS_B, "alice", "other-api"), KEY_A), Verdict.UNAUTHENTICATED, "Jwt issuer is not configured"),
+    ],
+    ids=["wrong aud", "no aud", "empty aud list", "wrong aud, bad signature", "wrong aud, expired", "unknown issuer"],
+)
+def test_audience_rejections(token: str, verdict: Verdict, reason: str | None) -> None:
+    result = outcome([RA_A, ALLOW_ALL], headers=bearer(token))
+    assert result.verdict is verdict
+    assert result.status == (403 if verdict is Verdict.AUDIENCE_REJECTED else 401)
+    if reason is not None:
+        assert result.reason == reason
+
+
+def test_no_token_is_anonymous() -> None:
+    anonymous = outcome([RA_A])
+    assert (anonymous.verdict, anonymous.claims, anonymous.principal) == (Verdict.ALLOWED, None, None)
+    assert outcome([RA_A, REQUIRE_TOKEN]).verdict is Verdict.DENIED  # RBAC must require the token
+    assert outcome([RA_A, REQUIRE_TOKEN], headers=bearer(VALID)).principal == PRINCIPAL_A
+
+
+# --- token extraction: which header values count as a token ----------------------------------------
+
+EXTRACTION_CASES = [
+    # (id, headers, path, verdict under RA_A + DENY_UNVERIFIED, verified principal)
+    ("Bearer <valid>", bearer(VALID), "/", Verdict.ALLOWED, PRINCIPAL_A),  # header removed: DENY misses
+    ("bearer <valid>: prefix is case-sensitive", {"Authorization": f"bearer {VALID}"}, "/", Verdict.DENIED, None),
+    ("bearer <invalid>", {"authorization": "bearer not-a-jwt"}, "/", Verdict.DENIED, None),
+    ("BEARER <invalid>", {"Authorization": "BEARER not-a-jwt"}, "/", Verdict.DENIED, None),
+    ("Basic credentials", {"Authorization": "Basic dXNlcjpwYXNz"}, "/", Verdict.DENIED, None),
+    ("Bearer + two spaces + invalid", {"Authorization": "Bearer  not-a-jwt"}, "/", Verdict.UNAUTHENTICATED, None),
+    ("prefix found anywhere: invalid", {"Authorization": "Foo Bearer not-a-jwt"}, "/", Verdict.UNAUTHENTICATED, None),
+    ("prefix found anywhere: valid", {"Authorization": f"Foo Bearer {VALID}"}, "/", Verdict.ALLOWED, PRINCIPAL_A),
+    ("Bearer with an empty token", {"Authorization": "Bearer "}, "/", Verdict.DENIED, None),
+    ("Bearer without a space", {"Authorization": "Bearer"}, "/", Verdict.DENIED, None),
+    ("two Authorization headers joined", {"Authorization": f"Bearer {VALID},Bearer {VALID}"}, "/",
+     Verdict.UNAUTHENTICATED, None),
+    ("token in another header", {"x-other": f"Bearer {VALID}"}, "/", Verdict.ALLOWED, None),
+    ("?access_token=<valid> ignored when fromHeaders is set", {}, f"/?access_token={VALID}", Verdict.ALLOWED, None),
+    ("?access_token=<invalid> ignored too", {}, "/?access_token=not-a-jwt", Verdict.ALLOWED, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "verdict", "principal"),
+    [case[1:] for case in EXTRACTION_CASES],
+    ids=[case[0] for case in EXTRACTION_CASES],
+)
+def test_token_extraction(headers: dict[str, str], path: str, verdict: Verdict, principal: str | None) -> None:
+    result = outcome([RA_A, DENY_UNVERIFIED], headers=headers, path=path)
+    assert result.verdict is verdict, result.reason
+    assert result.principal == principal
+
+
+def test_unextracted_credentials_pass_anonymously_without_the_deny() -> None:
+    result = outcome([RA_A], headers={"Authorization": f"bearer {VALID}"})
+    assert (result.verdict, result.claims) == (Verdict.ALLOWED, None)
+
+
+DEFAULT_LOCATIONS = ra(jwt_rule(from_headers=None))
+PATH_WITH_TOKEN = f"/v2/health/ready?access_token={VALID}"
+
+
+@pytest.mark.parametrize(
+    ("documents", "overrides", "verdict", "principal"),
+    [
+        ([DEFAULT_LOCATIONS], {"path": PATH_WITH_TOKEN}, Verdict.ALLOWED, PRINCIPAL_A),
+        ([DEFAULT_LOCATIONS], {"path": "/v2/health/ready?access_token=not-a-jwt"}, Verdict.UNAUTHENTICATED, None),
+        ([DEFAULT_LOCATIONS], {"headers": bearer(VALID)}, Verdict.ALLOWED, PRINCIPAL_A),
+        ([DEFAULT_LOCATIONS], {"headers": {"Authorization": f"bearer {VALID}"}}, Verdict.ALLOWED, None),
+        # The verified parameter is removed from :path before RBAC (forward = false) ...
+        (
+            [DEFAULT_LOCATIONS, ap([when("request.headers[:path]", ["/v2/health/ready?a=1&b=2"])])],
+            {"path": f"/v2/health/ready?a=1&access_token={VALID}&b=2"},
+            Verdict.ALLOWED,
+            PRINCIPAL_A,
+        ),
+        # ... and kept with forwardOriginalToken.
+        (
+            [
+                ra(jwt_rule(from_headers=None, forwardOriginalToken=True)),
+                ap([when("request.headers[:path]", [PATH_WITH_TOKEN])], action="DENY"),
+            ],
+            {"path": PATH_WITH_TOKEN},
+            Verdict.DENIED,
+            PRINCIPAL_A,
+        ),
+    ],
+    ids=["param", "invalid param", "header", "lower-case bearer", "param removed", "param forwarded"],
+)
+def test_default_token_locations(
+    documents: list[Any], overrides: dict[str, Any], verdict: Verdict, principal: str | None
+) -> None:
+    result = outcome(documents, **overrides)
+    assert result.verdict is verdict, result.reason
+    assert result.principal == principal
+
+
+def test_two_different_tokens_are_unsupported() -> None:
+    with pytest.raises(UnsupportedPolicyError):
+        outcome([DEFAULT_LOCATIONS], headers=bearer(VALID), path="/?access_token=not-a-jwt")
+
+
+DENY_AUTHORIZATION_HEADER = ap([when("request.headers[authorization]", ["*"])], action="DENY")
+
+
+@pytest.mark.parametrize(
+    ("rule", "headers", "verdict", "principal"),
+    [
+        (jwt_rule(), bearer(VALID), Verdict.ALLOWED, PRINCIPAL_A),  # RBAC sees the request without the token
+        (jwt_rule(forwardOriginalToken=True), bearer(VALID), Verdict.DENIED, PRINCIPAL_A),
+        (
+            jwt_rule(from_headers=[{"name": "x-jwt-assertion"}]),
+            {"x-jwt-assertion": VALID},
+            Verdict.ALLOWED,
+            PRINCIPAL_A,
+        ),
+        (jwt_rule(from_headers=[{"name": "x-jwt-assertion"}]), bearer(VALID), Verdict.DENIED, None),
+        # No prefix: the whole value "Bearer <jwt>" is the token.
+        (jwt_rule(from_headers=[{"name": "authorization"}]), bearer(VALID), Verdict.UNAUTHENTICATED, None),
+        (
+            jwt_rule(from_headers=[{"name": "authorization", "prefix": "Bearer"}]),
+            bearer(VALID),
+            Verdict.ALLOWED,
+            PRINCIPAL_A,
+        ),  # the space is skipped as a non-base64url character
+        (
+            jwt_rule(from_headers=[*BEARER, {"name": "Authorization", "prefix": "bearer "}]),
+            {"Authorization": f"bearer {VALID}"},
+            Verdict.ALLOWED,
+            PRINCIPAL_A,
+        ),
+        (
+            jwt_rule(from_headers=[*BEARER, {"name": "Authorization", "prefix": "bearer "}]),
+            {"Authorization": "bearer not-a-jwt"},
+            Verdict.UNAUTHENTICATED,
+            None,
+        ),
+    ],
+    ids=[
+        "removed",
+        "forwarded",
+        "own header",
+        "own header only",
+        "no prefix",
+        "prefix without space",
+        "second prefix",
+        "second prefix invalid",
+    ],
+)
+def test_header_locations_and_forwarding(
+    rule: dict[str, Any], headers: dict[str, str], verdict: Verdict, principal: str | None
+) -> None:
+    result = outcome([ra(rule), DENY_AUTHORIZATION_HEADER], headers=headers)
+    assert result.verdict is verdict, result.reason
+    assert result.principal == principal
+
+
+def test_cors_preflight_bypasses_jwt_authn() -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST", **bearer("not-a-jwt")}
+    assert outcome([RA_A], method="OPTIONS", headers=preflight).verdict is Verdict.ALLOWED
+    del preflight["Access-Control-Request-Method"]
+    assert outcome([RA_A], method="OPTIONS", headers=preflight).verdict is Verdict.UNAUTHENTICATED
+
+
+# --- requestPrincipals / request.auth.principal: iss and sub, split at the last `/` ----------------
+
+A_ALICE = {"iss": ISS_A, "sub": "alice"}
+PRINCIPAL_CASES = [
+    # (value, claims, expected)
+    (PRINCIPAL_A, A_ALICE, True),
+    (PRINCIPAL_A, {"iss": ISS_A, "sub": "bob"}, False),
+    (PRINCIPAL_A, {"iss": ISS_B, "sub": "alice"}, False),
+    (PRINCIPAL_A, None, False),  # no token
+    (f"{ISS_A}/*", A_ALICE, True),
+    (f"{ISS_A}/*", {"iss": ISS_A}, False),  # a token without sub
+    (f"{ISS_A}/*", {"iss": ISS_A, "sub": ""}, False),  # `*` is `.+`
+    (f"{ISS_A}/al*", A_ALICE, True),
+    (f"{ISS_A}/bo*", A_ALICE, False),
+    ("*", A_ALICE, True),
+    ("*", {"iss": ISS_A}, False),
+    ("*", {"sub": "alice"}, False),
+    ("*/alice", A_ALICE, True),
+    ("*.example/alice", A_ALICE, True),
+    ("*.example/alice*", {"iss": ISS_A, "sub": "alice*"}, True),  # leading `*`: the sub is exact
+    ("*.example/alice*", A_ALICE, False),
+    ("no-slash", {"iss": "no-slash", "sub": "alice"}, False),  # iss exact, sub exact ""
+    ("no-slash", {"iss": "no-slash", "sub": ""}, True),
+    ("idp*", {"iss": "idp-x", "sub": "x"}, True),  # no slash, trailing `*`: iss prefix, any sub
+    ("idp*", {"iss": "idp-x"}, False),
+    ("*lice", {"iss": "anyone", "sub": "alice"}, True),  # no slash, leading `*`: any iss, sub suffix
+    ("*lice", {"iss": "anyone", "sub": "bob"}, False),
+    ("idp*", {"iss": "other", "sub": "x"}, False),
+    ("https://idp/spiffe://td/ns/a/sa/b", {"iss": "https://idp", "sub": "spiffe://td/ns/a/sa/b"}, False),
+]
+
+
+@pytest.mark.parametrize(("value", "claims_", "expected"), PRINCIPAL_CASES)
+def test_request_principals(value: str, claims_: dict[str, Any] | None, expected: bool) -> None:
+    assert rule_matches(frm(requestPrincipals=[value]), req(), claims=claims_) is expected
+    assert rule_matches(frm(notRequestPrincipals=[value]), req(), claims=claims_) is not expected
+    assert rule_matches(when("request.auth.principal", [value]), req(), claims=claims_) is expected
+    assert rule_matches(when("request.auth.principal", None, [value]), req(), claims=claims_) is not expected
+
+
+def test_token_without_sub_is_no_request_principal() -> None:
+    token = mint(claims(ISS_A, None, AUD), KEY_A)
+    assert outcome([RA_A, ALLOW_ALL], headers=bearer(token)).verdict is Verdict.ALLOWED  # it does verify
+    assert outcome([RA_A, REQUIRE_TOKEN], headers=bearer(token)).verdict is Verdict.DENIED
+    assert outcome([RA_A, ap([frm(requestPrincipals=[f"{ISS_A}/*"])])], headers=bearer(token)).verdict is (
+        Verdict.DENIED
+    )
+
+
+# --- request.auth.claims[...], audiences, presenter: string or list, strings only ------------------
+
+CLAIM_CASES = [
+    # (key, values, not_values, claims, expected)
+    ("request.auth.claims[groups]", ["admins"], None, {"groups": ["users", "admins"]}, True),
+    ("request.auth.claims[groups]", ["admins"], None, {"groups": "admins"}, True),
+    ("request.auth.claims[groups]", ["admins"], None, {"groups": "users admins"}, False),  # not space-delimited
+    ("request.auth.claims[groups]", ["admins"], None, {"groups": ["admins-x"]}, False),
+    ("request.auth.claims[groups]", ["adm*"], None, {"groups": ["users", "admins"]}, True),
+    ("request.auth.claims[groups]", ["*"], None, {"groups": [""]}, False),
+    ("request.auth.claims[groups]", ["*"], None, {"groups": [3, "x"]}, True),
+    ("request.auth.claims[groups]", ["admins"], None, {}, False),
+    ("request.auth.claims[groups]", ["admins"], None, None, False),
+    ("request.auth.claims[level]", ["3"], None, {"level": 3}, False),  # numbers never match
+    ("request.auth.claims[verified]", ["true"], None, {"verified": True}, False),  # nor booleans
+    ("request.auth.claims[org]", ["*"], None, {"org": {"id": "o1"}}, False),  # nor objects
+    ("request.auth.claims[org][id]", ["o1"], None, {"org": {"id": "o1"}}, True),
+    ("request.auth.claims[org][id]", ["o1"], None, {"org": "o1"}, False),
+    ("request.auth.claims[org][id]", ["o1"], None, {"org": {"id": ["o2", "o1"]}}, True),
+    ("request.auth.claims[a.b]", ["x"], None, {"a.b": "x"}, True),  # one claim named "a.b"
+    ("request.auth.claims[a.b]", ["x"], None, {"a": {"b": "x"}}, False),
+    ("request.auth.claims[groups]", None, ["admins"], None, True),  # no token: not_id holds
+    ("request.auth.claims[groups]", None, ["admins"], {"groups": ["admins"]}, False),
+    ("request.auth.claims[groups]", None, ["admins"], {"groups": ["users"]}, True),
+    ("request.auth.audiences", [AUD], None, {"aud": AUD}, True),
+    ("request.auth.audiences", [AUD], None, {"aud": ["x", AUD]}, True),
+    ("request.auth.audiences", [AUD], None, {"aud": f"https://{AUD}/"}, False),  # RBAC compares verbatim
+    ("request.auth.presenter", ["web"], None, {"azp": "web"}, True),
+    ("request.auth.presenter", ["web"], None, {"aud": "web"}, False),
+]
+
+
+@pytest.mark.parametrize(("key", "values", "not_values", "claims_", "expected"), CLAIM_CASES)
+def test_claim_conditions(
+    key: str, values: list[str] | None, not_values: list[str] | None, claims_: dict[str, Any] | None, expected: bool
+) -> None:
+    assert rule_matches(when(key, values, not_values), req(), claims=claims_) is expected
+
+
+@pytest.mark.parametrize(
+    ("rule", "body", "claim", "normalized"),
+    [
+        (jwt_rule(), {"scope": "read  infer"}, "scope", ["read", "infer"]),
+        (jwt_rule(), {"permission": "a b"}, "permission", ["a", "b"]),
+        (jwt_rule(), {"scope": ""}, "scope", ""),  # no word: left as it is
+        (jwt_rule(), {"scope": ["read infer"]}, "scope", ["read infer"]),  # only strings are split
+        (jwt_rule(), {"roles": "a b"}, "roles", "a b"),
+        (jwt_rule(spaceDelimitedClaims=["roles"]), {"roles": "a b"}, "roles", ["a", "b"]),
+    ],
+)
+def test_space_delimited_claims(rule: dict[str, Any], body: dict[str, Any], claim: str, normalized: Any) -> None:
+    token = mint(claims(ISS_A, "alice", AUD, **body), KEY_A)
+    result = outcome([ra(rule)], headers=bearer(token))
+    assert result.claims is not None
+    assert result.claims[claim] == normalized
+
+
+ACCOUNTS = ap(
+    [
+        {**frm(requestPrincipals=[PRINCIPAL_A]), **to(paths=["/v2/models/alice-model/*"])},
+        {
+            **frm(requestPrincipals=["*"]),
+            "when": [
+                {"key": "request.auth.claims[groups]", "values": ["admins"]},
+                {"key": "request.auth.audiences", "values": [AUD]},
+                {"key": "request.auth.claims[org][id]", "values": ["o1"]},
+                {"key": "request.auth.claims[scope]", "values": ["infer"]},
+            ],
+        },
+    ]
+)
+ADMIN = {"groups": ["users", "admins"], "org": {"id": "o1"}, "scope": "read infer"}
+
+
+@pytest.mark.parametrize(
+    ("sub", "extra", "path", "verdict"),
+    [
+        ("alice", {}, "/v2/models/alice-model/infer", Verdict.ALLOWED),
+        ("alice", {}, "/v2/models/other/infer", Verdict.DENIED),
+        ("bob", {}, "/v2/models/alice-model/infer", Verdict.DENIED),
+        ("bob", ADMIN, "/v2/models/other/infer", Verdict.ALLOWED),
+        ("bob", {**ADMIN, "scope": "read"}, "/v2/models/other/infer", Verdict.DENIED),
+        ("bob", {**ADMIN, "org": {"id": "o2"}}, "/v2/models/other/infer", Verdict.DENIED),
+        ("bob", {**ADMIN, "groups": "admins"}, "/v2/models/other/infer", Verdict.ALLOWED),  # string claim
+    ],
+)
+def test_accounts_policy_from_the_notes(sub: str, extra: dict[str, Any], path: str, verdict: Verdict) -> None:
+    token = mint(claims(ISS_A, sub, AUD, **extra), KEY_A)
+    documents = [RA_A, DENY_UNVERIFIED, ACCOUNTS]
+    assert outcome(documents, headers=bearer(token), path=path).verdict is verdict
+
+
+# --- several issuers and attachment ---------------------------------------------------------------
+
+RA_B_ROOT = ra(jwt_rule(ISS_B, (KEY_B,)), namespace="istio-system", name="jwt-b")
+BOB = claims(ISS_B, "bob", AUD)
+
+TWO_ISSUER_CASES = [
+    # (id, documents, headers, verdict, reason or principal)
+    ("valid A", [RA_A, RA_B_ROOT], bearer(VALID), Verdict.ALLOWED, PRINCIPAL_A),
+    ("valid B", [RA_A, RA_B_ROOT], bearer(mint(BOB, KEY_B)), Verdict.ALLOWED, f"{ISS_B}/bob"),
+    ("iss A signed with B's key", [RA_A, RA_B_ROOT], bearer(mint(ALICE, KEY_B)), Verdict.UNAUTHENTICATED, NO_KEY),
+    ("iss A, B's key, A's kid", [RA_A, RA_B_ROOT], bearer(mint(ALICE, KEY_B, kid=KEY_A.kid)),
+     Verdict.UNAUTHENTICATED, "Jwt verification fails"),
+    ("iss B signed with A's key", [RA_A, RA_B_ROOT], bearer(mint(BOB, KEY_A)), Verdict.UNAUTHENTICATED, NO_KEY),
+    ("unknown issuer C", [RA_A, RA_B_ROOT], bearer(mint(claims("https://idp-c.example", "c", AUD), KEY_A)),
+     Verdict.UNAUTHENTICATED, "Jwt issuer is not configured"),
+    ("wrong aud for the second issuer", [RA_A, RA_B_ROOT], bearer(mint(claims(ISS_B, "bob", "x"), KEY_B)),
+     Verdict.AUDIENCE_REJECTED, "Audiences in Jwt are not allowed"),
+    ("B's RA in another namespace", [RA_A, {**RA_B_ROOT, "metadata": {"name": "b", "namespace": "other"}}],
+     bearer(mint(BOB, KEY_B)), Verdict.UNAUTHENTICATED, "Jwt issuer is not configured"),
+    ("B's RA selects another workload", [RA_A, ra(jwt_rule(ISS_B, (KEY_B,)), selector={"app": "other"}, name="b")],
+     bearer(mint(BOB, KEY_B)), Verdict.UNAUTHENTICATED, "Jwt issuer is not configured"),
+    ("no applicable RA: no jwt_authn at all", [ra(jwt_rule(), selector={"app": "other"})], bearer("not-a-jwt"),
+     Verdict.ALLOWED, None),
+    ("B's token where only A looks", [RA_A, ra(jwt_rule(ISS_B, (KEY_B,), from_headers=[{"name": "x-b"}]), name="b")],
+     bearer(mint(BOB, KEY_B)), Verdict.UNAUTHENTICATED, "Jwt issuer is not configured"),
+    ("B's token in B's header", [RA_A, ra(jwt_rule(ISS_B, (KEY_B,), from_headers=[{"name": "x-b"}]), name="b")],
+     {"x-b": mint(BOB, KEY_B)}, Verdict.ALLOWED, f"{ISS_B}/bob"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("documents", "headers", "verdict", "detail"),
+    [case[1:] for case in TWO_ISSUER_CASES],
+    ids=[case[0] for case in TWO_ISSUER_CASES],
+)
+def test_several_issuers(documents: list[Any], headers: dict[str, str], verdict: Verdict, detail: str | None) -> None:
+    result = outcome(documents, headers=headers)
+    assert result.verdict is verdict, result.reason
+    assert (result.principal if verdict is Verdict.ALLOWED else result.reason) == detail
+
+
+def test_duplicate_issuers_are_unsupported() -> None:
+    with pytest.raises(UnsupportedPolicyError):
+        outcome([RA_A, ra(jwt_rule(), name="again")])
+
+
+# --- API: mixed document streams, evaluate_all, validation -----------------------------------------
+
+
+def test_evaluate_all_applies_request_authentications() -> None:
+    requests = [req(), req(headers=bearer(VALID)), req(headers=bearer("not-a-jwt"))]
+    assert evaluate_all([RA_A], TRITON, requests) == [True, True, False]
+    assert evaluate_all([RA_A, REQUIRE_TOKEN], TRITON, requests) == [False, True, False]
+    assert evaluate_all([REQUIRE_TOKEN], TRITON, requests) == [False, False, False]  # no RA: no identity
+
+
+def test_evaluate_outcomes_ignores_other_kinds() -> None:
+    peer = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "p"}}
+    assert outcome([None, peer, RA_A], headers=bearer(VALID)).principal == PRINCIPAL_A
+    with pytest.raises(InvalidPolicyError):
+        evaluate([peer, RA_A], TRITON, req())  # evaluate / evaluate_all stay strict
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        (ra(jwt_rule() | {"jwks": "{not json"}), InvalidPolicyError),
+        (ra(jwt_rule() | {"jwks": '{"keys": []}'}), InvalidPolicyError),  # Envoy refuses the listener
+        (ra(jwt_rule() | {"jwks": '{"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}'}), InvalidPolicyError),
+        (ra({k: v for k, v in jwt_rule().items() if k != "issuer"}), InvalidPolicyError),
+        (ra(jwt_rule(from_headers=[{"name": ""}])), InvalidPolicyError),
+        (ra(jwt_rule(from_headers=[{"prefix": "Bearer "}])), InvalidPolicyError),
+        (ra(jwt_rule(), selector={"app": "tri*"}), InvalidPolicyError),
+        (ra(jwt_rule(issuers=["x"])), InvalidPolicyError),
+        (ra(jwt_rule() | {"jwksUri": "https://idp-a.example/jwks"}), UnsupportedPolicyError),
+        (ra({"issuer": ISS_A}), UnsupportedPolicyError),  # OIDC discovery
+        (ra(jwt_rule(fromCookies=["session"])), UnsupportedPolicyError),
+        (ra(jwt_rule(outputPayloadToHeader="x-jwt-payload")), UnsupportedPolicyError),
+    ],
+)
+def test_invalid_request_authentications_raise(document: dict[str, Any], error: type[ValueError]) -> None:
+    if error is InvalidPolicyError and document["kind"] == "RequestAuthentication":
+        with pytest.raises(error):
+            validate_request_authentication(document)
+    # Validated even when it does not apply to the workload.
+    elsewhere = {**document, "metadata": {"name": "jwt", "namespace": "elsewhere"}}
+    with pytest.raises(error):
+        evaluate_outcomes([elsewhere], TRITON, [req()])
+
+
+def test_misspelt_kind_is_an_error_for_evaluate_only() -> None:
+    misspelt = {**RA_A, "kind": "RequestAuthentications"}
+    with pytest.raises(InvalidPolicyError):
+        evaluate([misspelt], TRITON, req())
+    assert outcome([misspelt], headers=bearer("not-a-jwt")).verdict is Verdict.ALLOWED  # ignored in a stream
+
+
+def test_valid_request_authentication_passes() -> None:
+    validate_request_authentication(RA_A)
+    validate_request_authentication(ra(jwt_rule(from_headers=None, fromParams=["token"], spaceDelimitedClaims=["r"])))

@@ -7,6 +7,7 @@ come from the rule under test.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.istio_validation import (
     validate_istio_documents,
     webhook_warnings,
 )
+from tests.support.jwt_tokens import jwks, provider_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +138,37 @@ VALID_RA: dict[str, Any] = {
     },
 }
 
-VALID_DOCS = {"ap-deny": VALID_AP, "ap-allow": VALID_ALLOW_AP, "pa": VALID_PA, "ra": VALID_RA}
+KEY_RSA = provider_key("idp-a", "RSA")
+KEY_EC = provider_key("idp-a", "EC")
+
+VALID_JWKS_RA: dict[str, Any] = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "RequestAuthentication",
+    "metadata": {"name": "triton-jwt-inline", "namespace": "triton"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "triton"}},
+        "jwtRules": [
+            {
+                "issuer": "https://idp-a.example",
+                "audiences": ["meshgen-api"],
+                "jwks": jwks(KEY_RSA, KEY_EC),
+                "fromHeaders": [{"name": "Authorization", "prefix": "Bearer "}, {"name": "x-jwt"}],
+                "fromParams": ["token"],
+                "forwardOriginalToken": False,
+                "spaceDelimitedClaims": ["roles"],
+                "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}],
+            }
+        ],
+    },
+}
+
+VALID_DOCS = {
+    "ap-deny": VALID_AP,
+    "ap-allow": VALID_ALLOW_AP,
+    "pa": VALID_PA,
+    "ra": VALID_RA,
+    "ra-inline-jwks": VALID_JWKS_RA,
+}
 
 
 def _with(base: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
@@ -154,6 +186,7 @@ def _with(base: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict
 
 DELETE = object()
 RULE0 = ("spec", "rules", 0)
+JWT0 = ("spec", "jwtRules", 0)
 SRC0 = (*RULE0, "from", 0, "source")
 OP0 = (*RULE0, "to", 0, "operation")
 WHEN0 = (*RULE0, "when", 0)
@@ -198,6 +231,16 @@ VALID_VARIANTS: list[tuple[str, dict[str, Any], tuple[str | int, ...], Any]] = [
     ("namespace-wide-pa", VALID_PA, ("spec",), {"mtls": {"mode": "STRICT"}}),
     ("pa-unset-port", VALID_PA, ("spec", "portLevelMtls"), {"8000": {"mode": "UNSET"}, "8001": {}}),
     ("ra-jwks-uri-alias", VALID_RA, ("spec", "jwtRules", 0), {"issuer": "i", "jwks_uri": "http://i/keys"}),
+    # The webhook takes an issuer-less rule when it has a jwksUri (the proto says issuer is required).
+    ("ra-issuer-less-jwks-uri", VALID_RA, JWT0, {"jwksUri": "https://i:8443/keys"}),
+    ("ra-bare-jwk", VALID_JWKS_RA, (*JWT0, "jwks"), json.dumps({"kty": "RSA", "n": KEY_RSA.jwk()["n"], "e": "AQAB"})),
+    ("ra-default-locations", VALID_JWKS_RA, JWT0, {"issuer": "https://idp-a.example", "jwks": jwks(KEY_EC)}),
+    ("request-principals", VALID_AP, (*SRC0, "requestPrincipals"), ["https://idp-a.example/alice", "*"]),
+    ("not-request-principals", VALID_AP, (*SRC0, "notRequestPrincipals"), ["*"]),
+    ("claims-fallback-name", VALID_AP, WHEN0, {"key": "request.auth.claims[a[b]]", "values": ["x"]}),
+    ("jwt-when-keys", VALID_AP, (*RULE0, "when"),
+     [{"key": "request.auth.principal", "values": ["i/s"]}, {"key": "request.auth.audiences", "notValues": ["a"]},
+      {"key": "request.auth.presenter", "values": ["web"]}]),
     ("custom-with-provider", VALID_ALLOW_AP, ("spec",),
      {"action": "CUSTOM", "provider": {"name": "ext-authz"}, "rules": [{"when": [HEADER_CONDITION]}]}),
     ("no-namespace", VALID_PA, ("metadata",), {"name": "cluster-wide.default"}),
@@ -318,6 +361,56 @@ INVALID_CASES: list[tuple[str, dict[str, Any], tuple[str | int, ...], Any, tuple
      ("targetRef must be to one of", "but was core/Deployment")),
     ("pa-empty-portlevel", VALID_PA, ("spec", "portLevelMtls"), {},
      ("port level mTLS, if defined, must have at least one element",)),
+    # RequestAuthentication: CEL, then validateJwtRule
+    ("ra-jwks-and-jwks-uri", VALID_JWKS_RA, (*JWT0, "jwksUri"), "https://idp-a.example/jwks",
+     ("spec.jwtRules[0]: only one of jwks or jwksUri can be set",)),
+    ("ra-jwks-and-alias", VALID_JWKS_RA, (*JWT0, "jwks_uri"), "https://idp-a.example/jwks",
+     ("only one of jwks or jwksUri can be set",)),
+    ("ra-jwks-not-json", VALID_JWKS_RA, (*JWT0, "jwks"), "{keys: []",
+     ("spec.jwtRules[0].jwks: jwks parse error: invalid JSON",)),
+    ("ra-jwks-not-an-object", VALID_JWKS_RA, (*JWT0, "jwks"), "[]", ("jwks parse error",)),
+    ("ra-jwks-keys-not-a-list", VALID_JWKS_RA, (*JWT0, "jwks"), '{"keys": {}}', ("`keys` must be an array",)),
+    ("ra-jwks-bad-key", VALID_JWKS_RA, (*JWT0, "jwks"), '{"keys": [{"kty": "RSA", "e": "AQAB"}]}',
+     ("jwks parse error: key 0",)),
+    ("ra-jwks-unknown-kty", VALID_JWKS_RA, (*JWT0, "jwks"), '{"keys": [{"kty": "XYZ"}]}',
+     ("key 0: unsupported kty 'XYZ'",)),
+    ("ra-jwks-no-keys", VALID_JWKS_RA, (*JWT0, "jwks"), '{"keys": []}',
+     ("jwks has no keys: Envoy refuses the listener",)),
+    ("ra-header-without-name", VALID_JWKS_RA, (*JWT0, "fromHeaders"), [{"prefix": "Bearer "}],
+     ("'name' is a required property", "fromHeaders[0]: location header name must be non-empty string")),
+    ("ra-header-empty-name", VALID_JWKS_RA, (*JWT0, "fromHeaders", 1, "name"), "",
+     ("fromHeaders[1].name: '' should be non-empty", "fromHeaders[1]: location header name must be non-empty string")),
+    ("ra-header-null", VALID_JWKS_RA, (*JWT0, "fromHeaders"), [None],
+     ("fromHeaders[0]: location header name must be non-null",)),
+    ("ra-no-issuer", VALID_JWKS_RA, (*JWT0, "issuer"), DELETE,
+     ("spec.jwtRules[0]: issuer or jwksUri must be non-empty string",)),
+    ("ra-empty-issuer", VALID_JWKS_RA, (*JWT0, "issuer"), "",
+     ("issuer: '' should be non-empty", "issuer or jwksUri must be non-empty string")),
+    ("ra-empty-audience", VALID_JWKS_RA, (*JWT0, "audiences"), ["meshgen-api", ""],
+     ("audiences[1]: audience must be non-empty string",)),
+    ("ra-empty-param", VALID_JWKS_RA, (*JWT0, "fromParams"), [""],
+     ("fromParams[0]: location query must be non-empty string",)),
+    ("ra-empty-cookie", VALID_JWKS_RA, (*JWT0, "fromCookies"), [""],
+     ("fromCookies[0]: cookie name must be non-empty string",)),
+    ("ra-claim-to-header-empty", VALID_JWKS_RA, (*JWT0, "outputClaimToHeaders"), [{"header": "x-sub", "claim": ""}],
+     ("outputClaimToHeaders[0]: outputClaimToHeaders header and claim value must be non-empty string",)),
+    ("ra-jwks-uri-port", VALID_RA, (*JWT0, "jwksUri"), "https://issuer:https/jwks", ("invalid port",)),
+    ("ra-unknown-rule-field", VALID_JWKS_RA, (*JWT0, "issuers"), ["x"],
+     ('unknown field "spec.jwtRules[0].issuers"',)),
+    ("ra-selector-wildcard", VALID_JWKS_RA, ("spec", "selector", "matchLabels", "app"), "tri*",
+     ("wildcard not allowed in label value match",)),
+    ("ra-selector-and-targetref", VALID_JWKS_RA, ("spec", "targetRefs"), [GATEWAY_REF],
+     ("only one of targetRefs or selector can be set",)),
+    # AuthorizationPolicy JWT fields
+    ("empty-request-principal", VALID_AP, (*SRC0, "requestPrincipals"), ["https://idp/alice", ""],
+     ("source.requestPrincipals[1]: empty value not allowed",)),
+    ("claims-key-without-brackets", VALID_AP, (*WHEN0, "key"), "request.auth.claims",
+     ("should have format a[b]",)),
+    ("claims-key-empty-name", VALID_AP, (*WHEN0, "key"), "request.auth.claims[]", ("should have format a[b]",)),
+    ("claims-key-istiod-cannot-split", VALID_AP, (*WHEN0, "key"), "request.auth.claimsX[a]",
+     ("istiod cannot extract the claim names",)),
+    ("empty-claim-value", VALID_AP, (*WHEN0,), {"key": "request.auth.claims[groups]", "values": [""]},
+     ("empty value not allowed",)),
 ]  # fmt: skip
 
 
@@ -386,6 +479,31 @@ def test_deny_source_only_with_tcp_attribute_does_not_warn() -> None:
 
 def test_allow_with_only_http_attributes_does_not_warn() -> None:
     assert webhook_warnings(VALID_ALLOW_AP) == []
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [KEY_RSA.jwk(with_private=True), KEY_EC.jwk()],
+        [KEY_EC.jwk(), KEY_EC.jwk(with_private=True)],
+        [KEY_RSA.jwk(), {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ", "kid": "h"}],  # symmetric: a secret
+    ],
+    ids=["rsa", "ec", "oct"],
+)
+def test_private_key_material_in_jwks_warns(keys: list[dict[str, Any]]) -> None:
+    doc = _with(VALID_JWKS_RA, (*JWT0, "jwks"), json.dumps({"keys": keys}))
+    assert validate_istio_document(doc) == []  # a warning, not an error (Envoy would even use the key)
+    index = next(i for i, key in enumerate(keys) if "d" in key or key["kty"] == "oct")
+    assert webhook_warnings(doc) == [
+        f"spec.jwtRules[0].jwks: jwks key at index {index} contains private key material; "
+        "only public keys are used for verification"
+    ]
+
+
+def test_unparseable_jwks_does_not_warn() -> None:
+    doc = _with(VALID_JWKS_RA, (*JWT0, "jwks"), '{"keys": [{"kty": "oct"}]}')
+    assert validate_istio_document(doc)
+    assert webhook_warnings(doc) == []
 
 
 def test_selector_without_labels_warns() -> None:

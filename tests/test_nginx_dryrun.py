@@ -19,7 +19,7 @@ import pytest
 from meshgen.policy import Request, compile_policy, decide
 from meshgen.spec import LoadedSpec
 from tests.support.backend import Backend, grpc_call_on
-from tests.support.goldens import golden_cases, load_case
+from tests.support.goldens import cases_generated_by, load_case
 from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, grpc_message, loopback_variant
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
@@ -35,17 +35,13 @@ LOG_LINE = re.compile(r'request_id="(?P<id>[^"]*)" decision="(?P<decision>[^"]*)
 VERDICT = re.compile(r"^(?P<verdict>allow|deny) (?:rules\[(?P<index>\d+)\]|method|default|no-endpoint|non-canonical)$")
 
 
-def _expressible(case: str) -> bool:
-    return not any(c.principals or c.namespaces for c in load_case(case).spec.clients.values())
-
-
 @dataclass
 class DryRunProxy:
     proxy: Proxy
     log: Path
 
 
-@pytest.fixture(scope="module", params=[case for case in golden_cases() if _expressible(case)])
+@pytest.fixture(scope="module", params=cases_generated_by("nginx.conf"))
 def dry_run(request: pytest.FixtureRequest) -> Iterator[DryRunProxy]:
     loaded = load_case(request.param)
     spec = loopback_variant(loaded.spec)

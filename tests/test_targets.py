@@ -16,7 +16,7 @@ from meshgen.bundle import KUSTOMIZATION, build_bundle, output_names
 from meshgen.errors import TargetError
 from meshgen.features import IDENTITY_FEATURES, Feature
 from meshgen.policy import compile_policy
-from meshgen.policy.identity import Headers, IpBlocks, Namespaces, Principals
+from meshgen.policy.identity import Headers, IpBlocks, Jwt, Namespaces, Principals
 from meshgen.spec import load_spec_text
 from meshgen.targets.contract import (
     Enforced,
@@ -35,6 +35,7 @@ KINDS = {
     Namespaces: Feature.NAMESPACES,
     IpBlocks: Feature.IP_BLOCKS,
     Headers: Feature.HEADERS,
+    Jwt: Feature.JWT,
 }
 TARGET_IDS = [target.name for target in TARGETS]
 

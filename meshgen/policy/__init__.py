@@ -1,7 +1,7 @@
 """Stage 3: target-neutral rules, and the reference ``decide`` every target is tested against."""
 
 from meshgen.policy.compile import compile_policy
-from meshgen.policy.decide import Decision, Identity, Request, decide
+from meshgen.policy.decide import Decision, Identity, Request, TokenRefusal, decide
 from meshgen.policy.identity import ClientIdentity
 from meshgen.policy.model import GrpcGrant, HttpGrant, Policy, PolicyRule
 
@@ -14,6 +14,7 @@ __all__ = [
     "Policy",
     "PolicyRule",
     "Request",
+    "TokenRefusal",
     "compile_policy",
     "decide",
 ]

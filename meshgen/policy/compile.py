@@ -10,13 +10,16 @@ from __future__ import annotations
 from meshgen.address import PORT_NAMES, PortAddresses, parse_address
 from meshgen.catalog import GrpcMethod, HttpEndpoint, load_catalog
 from meshgen.errors import CompileWarning
+from meshgen.jwks import KeySet, parse_jwks
 from meshgen.policy.identity import (
+    Claim,
     ClientIdentity,
     Header,
     Headers,
     HeaderValue,
     IdentityKind,
     IpBlocks,
+    Jwt,
     Namespaces,
     Principals,
 )
@@ -24,6 +27,7 @@ from meshgen.policy.model import (
     BodyInspection,
     GrpcGrant,
     HttpGrant,
+    JwtProvider,
     Policy,
     PolicyRule,
     PortMtls,
@@ -32,7 +36,7 @@ from meshgen.policy.model import (
     WorkloadPorts,
 )
 from meshgen.spec import Client, LoadedSpec, Rule
-from meshgen.spec.model import Addresses, Standalone
+from meshgen.spec.model import Addresses, Spec, Standalone
 
 
 def compile_policy(loaded: LoadedSpec) -> Policy:
@@ -83,7 +87,30 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         warnings=tuple(warnings),
         body_inspection=BodyInspection(spec.body_inspection.enabled, spec.body_inspection.max_bytes),
         standalone=standalone_settings(spec.standalone),
+        jwt_providers=jwt_providers(loaded, [client for rule in rules for client in rule.clients or ()]),
     )
+
+
+def jwt_providers(loaded: LoadedSpec, used: list[ClientIdentity]) -> tuple[JwtProvider, ...]:
+    """One provider per issuer of the JWT clients rules use; unused clients change nothing."""
+    by_issuer: dict[str, list[Jwt]] = {}
+    for client in used:
+        jwt = client.kind(Jwt)
+        if jwt is not None and jwt not in by_issuer.setdefault(jwt.issuer, []):
+            by_issuer[jwt.issuer].append(jwt)
+    providers = []
+    for issuer, jwts in sorted(by_issuer.items()):
+        lists = [jwt.audiences for jwt in jwts]
+        audiences = None if None in lists else tuple(sorted({a for wanted in lists for a in wanted or ()}))
+        providers.append(JwtProvider(issuer, issuer_keys(loaded.spec, issuer).json(), audiences))
+    return tuple(providers)
+
+
+def issuer_keys(spec: Spec, issuer: str) -> KeySet:
+    """The issuer's keys, from the JWKS the loader inlined (one per issuer: checked at load)."""
+    jwks = next(c.jwt.jwks.inline for c in spec.clients.values() if c.jwt is not None and c.jwt.issuer == issuer)
+    assert jwks is not None
+    return parse_jwks(jwks)
 
 
 def client_identity(loaded: LoadedSpec, name: str, client: Client) -> ClientIdentity:
@@ -101,6 +128,16 @@ def client_identity(loaded: LoadedSpec, name: str, client: Client) -> ClientIden
                     Header(header.lower(), HeaderValue(str(value), loaded.header_env.get((name, header))))
                     for header, value in client.headers.items()
                 )
+            )
+        )
+    if client.jwt is not None:
+        jwt = client.jwt
+        kinds.append(
+            Jwt(
+                jwt.issuer,
+                jwt.subject,
+                tuple(jwt.audiences) if jwt.audiences is not None else None,
+                tuple(Claim(claim, value) for claim, value in (jwt.claims or {}).items()),
             )
         )
     return ClientIdentity(name, tuple(kinds), loaded.location("clients", name))

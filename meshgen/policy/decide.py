@@ -6,14 +6,21 @@ not the compiled rules the targets consume, so a compilation mistake cannot hide
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal
 
 from meshgen.catalog import GrpcMethod, HttpMatch, load_catalog
 from meshgen.features import Feature
-from meshgen.spec.model import Client, Rule, Spec
+from meshgen.spec.model import Client, Jwt, Rule, Spec
+
+if TYPE_CHECKING:
+    from meshgen.jwks import KeySet
+    from meshgen.policy.tokens import Provider
 
 Protocol = Literal["http", "grpc", "metrics"]
 GRPC_METHOD = "POST"
@@ -26,6 +33,9 @@ class Identity:
     principal: str | None = None  # mTLS peer identity, Istio form "<td>/ns/<ns>/sa/<sa>"
     source_ip: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The payload of a token the proxy already verified (what-if questions: `meshgen check`/`explain`
+    # cannot sign tokens). Ignored when an Authorization header is present: that one is verified.
+    verified_claims: Mapping[str, Any] | None = None
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -46,27 +56,106 @@ class Request:
 EVERY_FEATURE: frozenset[Feature] = frozenset(Feature)
 
 
+class TokenRefusal(Enum):
+    """Why a request carrying a credential is refused before any rule is read."""
+
+    INVALID = "invalid"  # the token fails verification: 401 / UNAUTHENTICATED
+    AUDIENCE = "audience"  # verified, but its issuer takes no token for these audiences (403 by Envoy's filter)
+    NOT_A_BEARER_TOKEN = "not-a-bearer-token"  # Authorization holds no "Bearer <token>": 403
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
     rule_index: int | None
     reason: str
+    token: TokenRefusal | None = None  # set when a credential was refused
 
 
-def decide(spec: Spec, request: Request, enforced: Collection[Feature] = EVERY_FEATURE) -> Decision:
+@dataclass(frozen=True)
+class _Caller:
+    """What the rules match on: the request's identity, and the claims of its verified token."""
+
+    identity: Identity
+    claims: Mapping[str, Any] | None = None
+
+
+def decide(
+    spec: Spec, request: Request, enforced: Collection[Feature] = EVERY_FEATURE, now: float | None = None
+) -> Decision:
     """``enforced``: what the deciding target can enforce (its capability table); by default everything,
-    i.e. what the spec means. Per-model gRPC needs ``Feature.PER_MODEL_GRPC`` and body inspection on."""
+    i.e. what the spec means. Per-model gRPC needs ``Feature.PER_MODEL_GRPC`` and body inspection on.
+    ``now``: the time tokens are checked at (default: the current time)."""
+    caller = _caller(spec, request.identity, enforced, time.time() if now is None else now)
+    if isinstance(caller, Decision):
+        return caller
     target = _resolve(request)
     if isinstance(target, str):
         return Decision(False, None, target)
     reads_body = Feature.PER_MODEL_GRPC in enforced and spec.body_inspection.enabled
     for index, rule in enumerate(spec.rules):
-        if rule.action == "deny" and _rule_matches(spec, rule, target, request, reads_body):
+        if rule.action == "deny" and _rule_matches(spec, rule, target, request, reads_body, caller):
             return Decision(False, index, f"denied by rules[{index}]")
     for index, rule in enumerate(spec.rules):
-        if rule.action == "allow" and _rule_matches(spec, rule, target, request, reads_body):
+        if rule.action == "allow" and _rule_matches(spec, rule, target, request, reads_body, caller):
             return Decision(True, index, f"allowed by rules[{index}]")
     return Decision(False, None, "no rule allows it (default deny)")
+
+
+def _caller(spec: Spec, identity: Identity, enforced: Collection[Feature], now: float) -> _Caller | Decision:
+    """The caller, with its token verified; or the refusal of a credential, which no rule can overrule.
+
+    Where some rule uses a JWT client, the Authorization header is the token's only place: a header
+    holding anything but a ``Bearer`` token that verifies is refused on every endpoint.
+    """
+    providers = jwt_providers(spec) if Feature.JWT in enforced else {}
+    authorization = identity.header("authorization")
+    if not providers:
+        return _Caller(identity)
+    if authorization is None:
+        return _Caller(identity, identity.verified_claims)
+    from meshgen.policy.tokens import Rejected, bearer_token, verify
+
+    token = bearer_token(authorization)
+    if token is None:
+        return Decision(
+            False,
+            None,
+            "the Authorization header holds no 'Bearer <token>' (the only place a token is read)",
+            TokenRefusal.NOT_A_BEARER_TOKEN,
+        )
+    verdict = verify(token, providers, now)
+    if isinstance(verdict, Rejected):
+        refusal = TokenRefusal.AUDIENCE if verdict.audience else TokenRefusal.INVALID
+        return Decision(False, None, f"token rejected: {verdict.reason}", refusal)
+    return _Caller(identity, verdict.claims)
+
+
+def jwt_providers(spec: Spec) -> dict[str, Provider]:
+    """Issuer -> what the proxy verifies its tokens with, for the JWT clients rules use."""
+    from meshgen.policy.tokens import Provider
+
+    used = {name for rule in spec.rules if rule.from_ != "anyone" for name in rule.from_}
+    by_issuer: dict[str, list[Jwt]] = {}
+    for name in sorted(used):
+        jwt = spec.clients[name].jwt
+        if jwt is not None:
+            by_issuer.setdefault(jwt.issuer, []).append(jwt)
+    providers = {}
+    for issuer, jwts in by_issuer.items():
+        lists = [jwt.audiences for jwt in jwts]
+        audiences = None if None in lists else tuple(sorted({a for wanted in lists for a in wanted or ()}))
+        assert jwts[0].jwks.inline is not None  # the loader inlines every JWKS
+        providers[issuer] = Provider(issuer, _key_set(jwts[0].jwks.inline), audiences)
+    return providers
+
+
+@functools.lru_cache(maxsize=64)
+def _key_set(jwks: str) -> KeySet:
+    # Building keys costs a millisecond or so; decide() runs for every request of a test matrix.
+    from meshgen.jwks import parse_jwks
+
+    return parse_jwks(jwks)
 
 
 def _resolve(request: Request) -> HttpMatch | GrpcMethod | str:
@@ -88,8 +177,10 @@ def _resolve(request: Request) -> HttpMatch | GrpcMethod | str:
     return match
 
 
-def _rule_matches(spec: Spec, rule: Rule, target: HttpMatch | GrpcMethod, request: Request, reads_body: bool) -> bool:
-    return _rule_covers(rule, target, request, reads_body) and _from_matches(spec, rule, request.identity)
+def _rule_matches(
+    spec: Spec, rule: Rule, target: HttpMatch | GrpcMethod, request: Request, reads_body: bool, caller: _Caller
+) -> bool:
+    return _rule_covers(rule, target, request, reads_body) and _from_matches(spec, rule, caller)
 
 
 def _rule_covers(rule: Rule, target: HttpMatch | GrpcMethod, request: Request, reads_body: bool) -> bool:
@@ -115,14 +206,16 @@ def _rule_covers(rule: Rule, target: HttpMatch | GrpcMethod, request: Request, r
     return target.model is not None and target.model in rule.models
 
 
-def _from_matches(spec: Spec, rule: Rule, identity: Identity) -> bool:
+def _from_matches(spec: Spec, rule: Rule, caller: _Caller) -> bool:
     if rule.from_ == "anyone":
         return True
-    return any(client_matches(spec.clients[name], identity) for name in rule.from_)
+    return any(client_matches(spec.clients[name], caller.identity, caller.claims) for name in rule.from_)
 
 
-def client_matches(client: Client, identity: Identity) -> bool:
-    """All identity kinds the client lists must match; any value within one kind matches."""
+def client_matches(client: Client, identity: Identity, claims: Mapping[str, Any] | None = None) -> bool:
+    """All identity kinds the client lists must match; any value within one kind matches.
+
+    ``claims``: the payload of the caller's verified token, if it has one."""
     checks: list[bool] = []
     if client.principals is not None:
         checks.append(identity.principal in client.principals)
@@ -132,7 +225,31 @@ def client_matches(client: Client, identity: Identity) -> bool:
         checks.append(_in_blocks(identity.source_ip, client.ip_blocks))
     if client.headers is not None:
         checks.append(all(identity.header(name) == str(value) for name, value in client.headers.items()))
+    if client.jwt is not None:
+        checks.append(claims is not None and _token_matches(client.jwt, claims))
     return bool(checks) and all(checks)
+
+
+def _token_matches(jwt: Jwt, claims: Mapping[str, Any]) -> bool:
+    """An account (``iss`` and a non-empty string ``sub``) of the issuer, narrowed as the client says.
+
+    "Any account" is what the proxies match: RE2 ``.+`` (Envoy) and istiod's ``<iss>/*``, neither of
+    which matches a newline, so a ``sub`` holding one is no account."""
+    subject = claims.get("sub")
+    if claims.get("iss") != jwt.issuer or not isinstance(subject, str) or not subject or "\n" in subject:
+        return False
+    if jwt.subject is not None and subject != jwt.subject:
+        return False
+    if jwt.audiences is not None and not any(_claim_has(claims.get("aud"), a) for a in jwt.audiences):
+        return False
+    return all(_claim_has(claims.get(name), value) for name, value in (jwt.claims or {}).items())
+
+
+def _claim_has(claim: Any, value: str) -> bool:
+    """A string claim equal to ``value``, or a list claim with such a string in it."""
+    if isinstance(claim, list):
+        return any(isinstance(item, str) and item == value for item in claim)
+    return isinstance(claim, str) and claim == value
 
 
 def _namespace(principal: str | None) -> str | None:

@@ -62,8 +62,26 @@ class Headers:
     feature: ClassVar[Feature] = Feature.HEADERS
 
 
-IdentityKind = Principals | Namespaces | IpBlocks | Headers
-Kind = TypeVar("Kind", Principals, Namespaces, IpBlocks, Headers)
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    value: str  # the claim equals it, or (a list claim) contains it
+
+
+@dataclass(frozen=True)
+class Jwt:
+    """A verified token from ``issuer`` (an account: ``iss`` and a non-empty ``sub``), narrowed by subject,
+    audiences (``aud`` contains one) and claims (each equals its value or, as a list, contains it)."""
+
+    issuer: str
+    subject: str | None = None
+    audiences: tuple[str, ...] | None = None
+    claims: tuple[Claim, ...] = ()
+    feature: ClassVar[Feature] = Feature.JWT
+
+
+IdentityKind = Principals | Namespaces | IpBlocks | Headers | Jwt
+Kind = TypeVar("Kind", Principals, Namespaces, IpBlocks, Headers, Jwt)
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,7 @@ class ClientIdentity:
     """A named client; it matches a request only when every identity kind it lists matches."""
 
     name: str
-    kinds: tuple[IdentityKind, ...]  # in spec-format order: principals, namespaces, ipBlocks, headers
+    kinds: tuple[IdentityKind, ...]  # in spec-format order: principals, namespaces, ipBlocks, headers, jwt
     location: SourceLocation | None = None
 
     def kind(self, kind: type[Kind]) -> Kind | None:

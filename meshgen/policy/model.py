@@ -137,6 +137,19 @@ class BodyInspection:
 
 
 @dataclass(frozen=True)
+class JwtProvider:
+    """One token issuer the proxy verifies: its keys, and the audiences a token of it must name.
+
+    ``audiences`` is the union of its clients' audiences, or None (any) when one of them names none: a
+    token outside it is rejected outright, a token inside it still has to match each client's own list.
+    """
+
+    issuer: str
+    jwks: str  # the issuer's public keys, canonical JWKS JSON (meshgen.jwks.KeySet.json)
+    audiences: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     namespace: str
@@ -149,6 +162,7 @@ class Policy:
     warnings: tuple[CompileWarning, ...]
     body_inspection: BodyInspection
     standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
+    jwt_providers: tuple[JwtProvider, ...] = ()  # of the clients rules use, sorted by issuer
 
     def port(self, name: PortName) -> int:
         return self.ports.get(name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from meshgen.catalog import load_catalog
 from meshgen.errors import SpecError
-from meshgen.spec.model import Client, EnvRef, Rule, Spec
+from meshgen.spec.model import Client, EnvRef, Jwks, Rule, Spec
 from meshgen.spec.source import SourceDocument
 
 
@@ -21,8 +22,25 @@ def check_spec(spec: Spec, doc: SourceDocument) -> None:
 
 def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) -> None:
     here = doc.location_of(("clients", name))
-    if not (client.principals or client.namespaces or client.ip_blocks or client.headers):
-        raise SpecError(f"client {name!r} has no identity: give it principals, namespaces, ipBlocks or headers", here)
+    if not (client.principals or client.namespaces or client.ip_blocks or client.headers or client.jwt):
+        raise SpecError(
+            f"client {name!r} has no identity: give it principals, namespaces, ipBlocks, headers or jwt", here
+        )
+    if client.jwt is not None and (client.jwt.jwks.file is None) == (client.jwt.jwks.inline is None):
+        raise SpecError(
+            f"client {name!r}: jwt.jwks needs exactly one of 'file' (a JWKS file, relative to the spec) or "
+            "'inline' (the JWKS JSON)",
+            doc.location_of(("clients", name, "jwt", "jwks")),
+        )
+    if any(c.jwt for c in spec.clients.values()):
+        for header in client.headers or {}:
+            if header.lower() == "authorization":
+                raise SpecError(
+                    f"client {name!r} is identified by the Authorization header, which carries the JWT clients' "
+                    "tokens: the proxy verifies every Authorization header and refuses what is not a valid Bearer "
+                    "token; identify this client by jwt or another header",
+                    doc.location_of(("clients", name, "headers", header)),
+                )
     if spec.mtls.mode == "DISABLE" and (client.principals or client.namespaces):
         raise SpecError(
             f"client {name!r} is identified by mTLS principals/namespaces but mtls.mode is DISABLE, "
@@ -151,3 +169,50 @@ def resolve_header_values(
                 headers[header] = value
         clients[name] = client.model_copy(update={"headers": headers})
     return spec.model_copy(update={"clients": clients}), sources
+
+
+def resolve_jwks(spec: Spec, doc: SourceDocument, base: Path) -> tuple[Spec, dict[str, str]]:
+    """Read every JWT client's JWKS now (generation time), validate it, and inline it into the spec.
+
+    Returns the spec with ``jwt.jwks.inline`` set everywhere, and client -> the file its JWKS was read
+    from. Two clients of one issuer must name the same keys: a proxy verifies an issuer's tokens against
+    one key set, and which one would otherwise depend on the order of clients.
+    """
+    from meshgen.jwks import JwksError, KeySet, parse_jwks
+
+    clients: dict[str, Client] = {}
+    files: dict[str, str] = {}
+    keys: dict[str, KeySet] = {}
+    first_client: dict[str, str] = {}
+    for name, client in spec.clients.items():
+        jwt = client.jwt
+        if jwt is None:
+            clients[name] = client
+            continue
+        here = doc.location_of(("clients", name, "jwt", "jwks"))
+        text = jwt.jwks.inline
+        if jwt.jwks.file is not None:
+            path = base / jwt.jwks.file
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise SpecError(f"client {name!r}: cannot read jwt.jwks.file {str(path)!r}: {why}", here) from None
+            files[name] = jwt.jwks.file
+        assert text is not None  # check_spec: exactly one of file / inline
+        source = f"jwt.jwks.file {jwt.jwks.file!r}" if jwt.jwks.file is not None else "jwt.jwks.inline"
+        try:
+            key_set = parse_jwks(text)
+        except JwksError as why:
+            raise SpecError(f"client {name!r}: {source} is not a usable JWKS: {why}", here) from None
+        known = keys.setdefault(jwt.issuer, key_set)
+        if known.json() != key_set.json():
+            raise SpecError(
+                f"client {name!r}: issuer {jwt.issuer!r} is also used by client {first_client[jwt.issuer]!r} with "
+                "other keys; a proxy verifies one issuer's tokens against one key set: give both the same JWKS",
+                here,
+            )
+        first_client.setdefault(jwt.issuer, name)
+        resolved = jwt.model_copy(update={"jwks": Jwks(inline=text)})
+        clients[name] = client.model_copy(update={"jwt": resolved})
+    return spec.model_copy(update={"clients": clients}), files

@@ -10,19 +10,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshgen.errors import SourceLocation, SpecError
-from meshgen.spec.checks import check_spec, resolve_header_values
+from meshgen.spec.checks import check_spec, resolve_header_values, resolve_jwks
 from meshgen.spec.model import Spec
 from meshgen.spec.source import SourceDocument, parse_yaml
 
 
 @dataclass(frozen=True)
 class LoadedSpec:
-    """A validated spec with header values resolved, and where each part of it was written."""
+    """A validated spec with header values and JWKS files resolved, and where each part of it was written."""
 
     spec: Spec
     source: SourceDocument
     # (client, header as written) -> the environment variable its value was read from ({env: NAME})
     header_env: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # client -> the JWKS file (as written, relative to the spec) its keys were read from
+    jwks_files: Mapping[str, str] = field(default_factory=dict)
 
     def location(self, *path: str | int) -> SourceLocation:
         return self.source.location_of(path)
@@ -33,7 +35,7 @@ def load_spec(path: str) -> LoadedSpec:
     if path == "-":
         import sys
 
-        return load_spec_text(sys.stdin.buffer.read(), "<stdin>")
+        return load_spec_text(sys.stdin.buffer.read(), "<stdin>", base=Path.cwd())
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -41,7 +43,10 @@ def load_spec(path: str) -> LoadedSpec:
     return load_spec_text(data, path)
 
 
-def load_spec_text(text: str | bytes, file: str, environ: Mapping[str, str] | None = None) -> LoadedSpec:
+def load_spec_text(
+    text: str | bytes, file: str, environ: Mapping[str, str] | None = None, base: Path | None = None
+) -> LoadedSpec:
+    """``base``: where files the spec names (JWKS) are found; by default the spec file's directory."""
     doc = parse_yaml(text, file)
     if not isinstance(doc.data, dict):
         raise SpecError("a spec must be a YAML mapping (apiVersion, kind, metadata, ...)", doc.location_of(()))
@@ -51,7 +56,8 @@ def load_spec_text(text: str | bytes, file: str, environ: Mapping[str, str] | No
         raise _first_error(exc, doc) from None
     check_spec(spec, doc)
     resolved, header_env = resolve_header_values(spec, doc, environ)
-    return LoadedSpec(resolved, doc, header_env)
+    resolved, jwks_files = resolve_jwks(resolved, doc, base or Path(file).parent)
+    return LoadedSpec(resolved, doc, header_env, jwks_files)
 
 
 def _first_error(exc: ValidationError, doc: SourceDocument) -> SpecError:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -38,6 +39,20 @@ LABEL_KEY = re.compile(
 )
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 RESERVED_MODEL_NAMES = frozenset({"stats"})
+# A token's own bookkeeping has fields of its own (issuer, subject, audiences) or is checked by the proxy.
+RESERVED_CLAIMS = {
+    "iss": "issuer",
+    "sub": "subject",
+    "aud": "audiences",
+    "exp": None,
+    "nbf": None,
+    "iat": None,
+}
+CLAIM_NAME = r"^[A-Za-z0-9_.:/@+-]+$"
+# Claims Istio (and meshgen's Envoy output, to match it) split on spaces into lists.
+SPACE_DELIMITED_CLAIMS = ("scope", "permission")
+# Printable, no surrounding whitespace; a token value can be any JSON string, a spec value stays readable.
+TOKEN_VALUE = re.compile(r"^[^\x00-\x20\x7f]([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$")
 
 
 class Strict(BaseModel):
@@ -79,6 +94,35 @@ def _check_model(value: str) -> str:
     return value
 
 
+def _check_issuer(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError(
+            f"issuer {value!r} is not a URL: write the exact 'iss' of the provider's tokens, e.g. "
+            "'https://login.example.com/'"
+        )
+    if "*" in value:
+        raise ValueError(f"issuer {value!r} contains '*', which Istio reads as a wildcard")
+    return value
+
+
+def _check_token_value(value: str) -> str:
+    if len(value) > 1024 or not TOKEN_VALUE.match(value):
+        raise ValueError(
+            f"{value!r} must be 1-1024 printable characters without control characters or surrounding whitespace"
+        )
+    return value
+
+
+def _check_claim_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"claim values must be strings, not {type(value).__name__} {value!r}: the proxies compare claims as "
+            "strings only, so a number or boolean claim would never match; quote it if the token carries a string"
+        )
+    return _check_token_value(value)
+
+
 Name = Annotated[str, StringConstraints(pattern=DNS1123_LABEL, max_length=57)]
 Namespace = Annotated[str, StringConstraints(pattern=DNS1123_LABEL, max_length=63)]
 ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME, max_length=63)]
@@ -88,6 +132,10 @@ Principal = Annotated[str, AfterValidator(_check_principal)]
 IpBlock = Annotated[str, AfterValidator(_check_cidr)]
 HeaderLiteral = Annotated[str, AfterValidator(_check_header_value)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Issuer = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_check_issuer)]
+TokenValue = Annotated[str, AfterValidator(_check_token_value)]
+ClaimName = Annotated[str, StringConstraints(pattern=CLAIM_NAME, max_length=256)]
+ClaimValue = Annotated[Any, AfterValidator(_check_claim_value)]
 
 
 class Metadata(Strict):
@@ -140,11 +188,44 @@ class EnvRef(Strict):
     env: Annotated[str, StringConstraints(pattern=ENV_NAME)]
 
 
+class Jwks(Strict):
+    """The issuer's public keys: a JWKS file (relative to the spec) or the JWKS JSON itself.
+
+    Read at generation time; after loading, ``inline`` always holds the text (``file`` remembers where it
+    came from)."""
+
+    file: str | None = Field(default=None, min_length=1)
+    inline: str | None = Field(default=None, min_length=1)
+
+
+class Jwt(Strict):
+    """A caller holding a token from an identity provider, verified by the proxy."""
+
+    issuer: Issuer
+    audiences: list[TokenValue] | None = Field(default=None, min_length=1)
+    jwks: Jwks
+    subject: TokenValue | None = None
+    claims: dict[ClaimName, ClaimValue] | None = Field(default=None, min_length=1)
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, claims: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (claims or {}).items():
+            if name in RESERVED_CLAIMS:
+                field = RESERVED_CLAIMS[name]
+                where = f"use jwt.{field}" if field else "the proxy checks it itself"
+                raise ValueError(f"claim {name!r} cannot be listed under claims: {where}")
+            if name in SPACE_DELIMITED_CLAIMS and " " in value:
+                raise ValueError(f"claim {name!r} is a space-delimited list: name one {name} value, not {value!r}")
+        return claims
+
+
 class Client(Strict):
     principals: list[Principal] | None = Field(default=None, min_length=1)
     namespaces: list[Namespace] | None = Field(default=None, min_length=1)
     ip_blocks: list[IpBlock] | None = Field(default=None, min_length=1, alias="ipBlocks")
     headers: dict[HeaderName, HeaderLiteral | EnvRef] | None = Field(default=None, min_length=1)
+    jwt: Jwt | None = None
 
 
 class Rule(Strict):

@@ -185,12 +185,14 @@ class Variant(Generic[Options]):
 class Rendered:
     text: str
     expected: object  # what ``Target.parse_back(text)`` must return: the template lost nothing
+    warnings: tuple[CompileWarning, ...] = ()  # what the output does that the user may not expect
 
 
 @dataclass(frozen=True)
 class Generated:
     text: str
     withheld: tuple[Withholding, ...] = ()
+    warnings: tuple[CompileWarning, ...] = ()
 
 
 class Implementation(Protocol):
@@ -243,7 +245,7 @@ class Target(Generic[Options]):
         rendered = implementation.render(lowered.policy, options)
         if implementation.parse_back(rendered.text) != rendered.expected:
             raise AssertionError(f"{self.name} template mangled its output")
-        return Generated(rendered.text, lowered.withheld)
+        return Generated(rendered.text, lowered.withheld, rendered.warnings)
 
 
 def enforced_features(capabilities: Capabilities) -> frozenset[Feature]:

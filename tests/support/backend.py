@@ -30,7 +30,7 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        self.server.record(f"{self.command} {self.path}")
+        self.server.record(f"{self.command} {self.path}", self.headers.get_all("Authorization") or [])
         body = b"ok"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -55,20 +55,25 @@ class _RecordingServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
         self.seen: list[str] = []
+        self.authorization: list[str] = []  # every Authorization value that reached the backend
         self._lock = threading.Lock()
 
-    def record(self, entry: str) -> None:
+    def record(self, entry: str, authorization: list[str]) -> None:
         with self._lock:
             self.seen.append(entry)
+            self.authorization += authorization
 
 
 class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untyped base
     """Answers every method OK: unary with b"", streams by echoing one empty message; records the method
     and, for model-scoped methods, the model protobuf reads from the (first) request message."""
 
-    def __init__(self, seen: list[str], models: list[tuple[str, str | None]], lock: threading.Lock) -> None:
+    def __init__(
+        self, seen: list[str], models: list[tuple[str, str | None]], authorization: list[str], lock: threading.Lock
+    ) -> None:
         self._seen = seen
         self._models = models
+        self._authorization = authorization
         self._lock = lock
 
     def _record(self, method: str, message: bytes) -> None:
@@ -78,8 +83,10 @@ class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untype
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
+        credentials = [value for key, value in handler_call_details.invocation_metadata if key == "authorization"]
         with self._lock:
             self._seen.append(method)
+            self._authorization += credentials
         if method.endswith(STREAM_SUFFIX):
 
             def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -109,8 +116,11 @@ class Backend:
         self.grpc_seen: list[str] = []
         # (method, model protobuf parsed from the request message, None if it names none / does not parse)
         self.grpc_models: list[tuple[str, str | None]] = []
+        self.grpc_authorization: list[str] = []  # every authorization metadata value that reached it
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        self._grpc.add_generic_rpc_handlers((_AnyMethodHandler(self.grpc_seen, self.grpc_models, self._grpc_lock),))
+        self._grpc.add_generic_rpc_handlers(
+            (_AnyMethodHandler(self.grpc_seen, self.grpc_models, self.grpc_authorization, self._grpc_lock),)
+        )
         self.grpc_port: int = self._grpc.add_insecure_port("127.0.0.1:0")
         self._grpc.start()
         self._stopped = False
@@ -119,6 +129,11 @@ class Backend:
     def http_seen(self) -> list[str]:
         """ "METHOD /path?query" of every HTTP request that reached the backend, in arrival order."""
         return self._http.seen
+
+    @property
+    def authorization_seen(self) -> list[str]:
+        """Every Authorization header (HTTP) and authorization metadata (gRPC) value that reached it."""
+        return [*self._http.authorization, *self.grpc_authorization]
 
     def stop(self) -> None:
         if self._stopped:

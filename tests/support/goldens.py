@@ -30,9 +30,15 @@ def golden_cases() -> list[str]:
     return sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / SPEC).is_file())
 
 
+def cases_generated_by(output: str) -> list[str]:
+    """Golden cases for which ``meshgen all`` writes ``output`` (its target does not refuse the spec)."""
+    return [case for case in golden_cases() if not (GOLDEN_DIR / case / error_name(output)).exists()]
+
+
 def load_case(case: str) -> LoadedSpec:
     """The case's spec, named ``<case>/spec.yaml`` in diagnostics (stable in goldens wherever the checkout is)."""
-    return load_spec_text((GOLDEN_DIR / case / SPEC).read_bytes(), f"{case}/{SPEC}")
+    directory = GOLDEN_DIR / case
+    return load_spec_text((directory / SPEC).read_bytes(), f"{case}/{SPEC}", base=directory)
 
 
 def error_name(output: str) -> str:

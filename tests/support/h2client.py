@@ -177,8 +177,8 @@ def h2_request(
 
 
 def refused_by_proxy(response: H2Response) -> bool:
-    """The proxy's refusal: HTTP 400/403, or a gRPC PERMISSION_DENIED answered by the proxy itself."""
-    return response.status in (400, 403) or (response.status == 200 and response.grpc_status == 7)
+    """The proxy's refusal: HTTP 400/401/403, or a gRPC PERMISSION_DENIED / UNAUTHENTICATED it answered itself."""
+    return response.status in (400, 401, 403) or (response.status == 200 and response.grpc_status in (7, 16))
 
 
 def grpc_frame(message: bytes, *, compressed: bool = False, declared_length: int | None = None) -> bytes:

@@ -78,7 +78,8 @@ def istio_mismatches(
     enforced: Collection[Feature] = EVERY_FEATURE,
 ) -> list[str]:
     """One line per request where the generated policies decide differently from ``decide()``."""
-    policies = [doc for doc in documents if doc["kind"] == "AuthorizationPolicy"]
+    # RequestAuthentication too: it verifies tokens and removes them before RBAC (JWT clients).
+    policies = [doc for doc in documents if doc["kind"] in ("AuthorizationPolicy", "RequestAuthentication")]
     workload = Workload(spec.metadata.namespace, spec.workload.selector)
     ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
     active = guards(documents)

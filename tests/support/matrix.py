@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshgen.catalog import load_catalog
-from meshgen.policy import Identity, Request
+from meshgen.policy import Decision, Identity, Request, TokenRefusal
 from meshgen.spec import Spec
+from meshgen.spec.model import Client
 from tests.support.grpc_messages import bypass_message, request_message
+from tests.support.jwt_tokens import claims, mint, provider_key, signing_key_for
 
 HTTP_METHODS = ("GET", "POST", "HEAD", "DELETE")
 RARE_METHODS = ("PUT", "OPTIONS", "PATCH")
@@ -117,7 +119,53 @@ def identities(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[NamedIdentity
                     f"{name}~{header}-upper", Identity(principal, source_ip, {**missing, header.upper(): value})
                 )
             )
+        if client.jwt is not None:
+            result += [
+                NamedIdentity(label, Identity(principal, source_ip, {**headers, "authorization": authorization}))
+                for label, authorization in token_variants(spec, name, client)
+            ]
     return result
+
+
+STRANGER = "stranger"  # the seed of a key no spec trusts
+
+
+def token_variants(spec: Spec, name: str, client: Client) -> list[tuple[str, str]]:
+    """(label, Authorization value): the client's own valid token, then one near miss per narrowing, a
+    token of another issuer, and placements a proxy must not read as this client's token."""
+    jwt = client.jwt
+    assert jwt is not None and jwt.jwks.inline is not None
+    key = signing_key_for(jwt.jwks.inline)
+    if key is None:
+        raise ValueError(f"client {name!r}: its JWKS holds no key of tests/support/jwt_tokens.provider_key")
+    subject = jwt.subject or f"acct-{name}"
+    audience = jwt.audiences[0] if jwt.audiences else None
+    extra = dict(jwt.claims or {})
+    own = claims(jwt.issuer, subject, audience, lifetime=3600, **extra)
+    variants = [(name, own)]
+    variants.append((f"{name}~subject", {**own, "sub": subject + "x"}))
+    variants.append((f"{name}~no-subject", {k: v for k, v in own.items() if k != "sub"}))
+    for claim, value in extra.items():
+        variants.append((f"{name}~{claim}-missing", {k: v for k, v in own.items() if k != claim}))
+        flipped = value.swapcase() if value.swapcase() != value else value + "x"
+        variants.append((f"{name}~{claim}-case", {**own, claim: flipped}))
+        variants.append((f"{name}~{claim}-in-list", {**own, claim: ["other", value]}))
+    if jwt.audiences:
+        variants.append((f"{name}~audience", {**own, "aud": "other-audience"}))
+        variants.append((f"{name}~audience-in-list", {**own, "aud": ["other-audience", jwt.audiences[-1]]}))
+    tokens = [(label, f"Bearer {mint(body, key)}") for label, body in variants]
+    for other_name, other in spec.clients.items():
+        if other.jwt is not None and other.jwt.issuer != jwt.issuer and other.jwt.jwks.inline is not None:
+            other_key = signing_key_for(other.jwt.jwks.inline)
+            if other_key is not None:
+                body = {**own, "iss": other.jwt.issuer}
+                tokens.append((f"{name}~issuer-of-{other_name}", f"Bearer {mint(body, other_key)}"))
+                break
+    tokens.append((f"{name}~stranger-key", f"Bearer {mint(own, provider_key(STRANGER), kid=key.kid)}"))
+    valid = tokens[0][1].removeprefix("Bearer ")
+    tokens.append((f"{name}~lower-case-bearer", f"bearer {valid}"))
+    tokens.append((f"{name}~two-tokens", f"Bearer {valid},Bearer {valid}"))
+    return tokens
 
 
 def _first_host(block: str) -> str:
@@ -242,3 +290,26 @@ def loopback_variant(spec: Spec) -> Spec:
         for name, client in spec.clients.items()
     }
     return spec.model_copy(update={"clients": clients})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How a proxy answers a request ``decide()`` refuses: the HTTP statuses and gRPC codes it may use."""
+
+    http: frozenset[int]
+    grpc: frozenset[int]  # grpc.StatusCode values: 7 PERMISSION_DENIED, 16 UNAUTHENTICATED
+
+
+DENIED = Refusal(frozenset({403}), frozenset({7}))
+UNAUTHENTICATED = Refusal(frozenset({401}), frozenset({16}))
+# Envoy's JWT filter answers an audience it does not accept with 403; meshgen's bootstrap turns it into 401.
+WRONG_AUDIENCE = Refusal(frozenset({401, 403}), frozenset({7, 16}))
+
+
+def refusal(decision: Decision) -> Refusal:
+    """The answers a refusal may take: 401 only for a token that fails verification."""
+    if decision.token is TokenRefusal.INVALID:
+        return UNAUTHENTICATED
+    if decision.token is TokenRefusal.AUDIENCE:
+        return WRONG_AUDIENCE
+    return DENIED

@@ -25,6 +25,7 @@ from meshgen.render import render as render_template
 from meshgen.targets.contract import Rendered
 from meshgen.targets.envoy import EnvoyOptions
 from meshgen.targets.envoy.guard import MODEL_HEADER, NAMESPACE, UNPROVEN_KEY, inspected_methods
+from meshgen.targets.envoy.jwt import AUDIENCE_FAILURE, FAILURE_KEY, JWT_FILTER
 from meshgen.targets.envoy.rbac import ENCODERS, http_filters
 from meshgen.targets.standalone import ProxyPort, proxy_ports
 
@@ -110,10 +111,15 @@ def build_bootstrap(
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
             ],
         }
+        mappers = _token_mappers(policy)
         if port == "grpc" and inspected_methods(policy):
-            hcm.update(_inspection_settings(policy))
+            inspection = _inspection_settings(policy)
+            hcm["http2_protocol_options"] = inspection["http2_protocol_options"]
+            mappers += inspection["local_reply_config"]["mappers"]
             route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
             route["request_headers_to_remove"] = [MODEL_HEADER]  # the guard's copy, for RBAC only
+        if mappers:
+            hcm["local_reply_config"] = {"mappers": mappers}
         chain: dict[str, Any] = {"filters": [{"name": HCM, "typed_config": hcm}]}
         if tls is not None:
             chain["transport_socket"] = {
@@ -209,6 +215,31 @@ def _inspection_settings(policy: Policy) -> dict[str, Any]:
             ]
         },
     }
+
+
+def _token_mappers(policy: Policy) -> list[dict[str, Any]]:
+    """A token outside its issuer's audiences is a token that failed verification: 401, like the rest.
+
+    Envoy's JWT filter answers it 403 (hard-coded); its failure status, in dynamic metadata, says why.
+    """
+    if not policy.jwt_providers:
+        return []
+    why = [{"key": FAILURE_KEY}, {"key": "message"}]
+    return [
+        {
+            "filter": {
+                "metadata_filter": {
+                    "matcher": {
+                        "filter": JWT_FILTER,
+                        "path": why,
+                        "value": {"string_match": {"exact": AUDIENCE_FAILURE}},
+                    },
+                    "match_if_key_not_found": False,
+                }
+            },
+            "status_code": 401,
+        }
+    ]
 
 
 def _socket_address(address: Address) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from typing import Any
 
 from meshgen.address import PortName
 from meshgen.catalog import ANY_SEGMENT, HttpEndpoint
-from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Namespaces, Principals
+from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Jwt, Namespaces, Principals
 from meshgen.policy.model import Policy, PolicyRule
 from meshgen.targets.contract import Encoders, encode_identity
 from meshgen.targets.envoy.guard import (
@@ -53,6 +53,7 @@ from meshgen.targets.envoy.guard import (
     guard_filter,
     inspected_methods,
 )
+from meshgen.targets.envoy.jwt import AUTHORIZATION, JWT_FILTER, PAYLOAD_KEY, UNREAD_AUTHORIZATION, jwt_filter
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -85,11 +86,13 @@ _MODEL = "{model}"
 
 
 def http_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
-    """The gRPC model guard (where a rule limits gRPC methods to models), then the RBAC filters."""
+    """JWT verification (where a rule uses a JWT client), the gRPC model guard (where a rule limits gRPC
+    methods to models), then the RBAC filters."""
+    tokens = jwt_filter(policy, dry_run=dry_run)
     guard = []
     if port in (None, "grpc") and inspected_methods(policy):
         guard = [_guarded_only_where_needed(policy, guard_filter(policy), port)]
-    return [*guard, *rbac_filters(policy, port=port, dry_run=dry_run)]
+    return [*([tokens] if tokens else []), *guard, *rbac_filters(policy, port=port, dry_run=dry_run)]
 
 
 def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
@@ -101,6 +104,11 @@ def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> lis
     """
     filters: list[dict[str, Any]] = []
     deny = _entries(policy, policy.rules_for("deny"), port, "DENY")
+    if policy.jwt_providers:
+        # jwt_authn removes every token it verified: an Authorization header left is a credential it did
+        # not read (another scheme, "bearer" in lower case), never to be passed on or trusted.
+        unread = _header(AUTHORIZATION, {"safe_regex": _regex(".*")})
+        deny.insert(0, {"predicate": unread, "on_match": _action(UNREAD_AUTHORIZATION, "DENY")})
     if deny:
         filters.append(_filter(f"{policy.name}-deny", deny, _action(NO_DENY, "ALLOW"), port, dry_run))
     allow = _entries(policy, policy.rules_for("allow"), port, "ALLOW")
@@ -504,12 +512,48 @@ def _headers(kind: Headers, client: ClientIdentity) -> list[dict[str, Any]]:
     return [_header(header.name, {"exact": header.value.value}) for header in kind.headers]
 
 
+def _payload(path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    """The verified token's payload at ``path`` matches ``value`` (a ValueMatcher); never without a token."""
+    keys = [{"key": key} for key in (PAYLOAD_KEY, *path)]
+    return {
+        "single_predicate": {
+            "input": _input(METADATA_INPUT, METADATA_INPUT_TYPE, filter=JWT_FILTER, path=keys),
+            "custom_match": {
+                "name": METADATA_MATCHER,
+                "typed_config": {"@type": METADATA_MATCHER_TYPE, "value": value},
+            },
+        }
+    }
+
+
+def _exactly(value: str) -> dict[str, Any]:
+    return {"string_match": {"exact": value}}
+
+
+def _holds(values: tuple[str, ...]) -> dict[str, Any]:
+    """A string claim equal to one of ``values``, or a list claim holding one (istiod's shape too)."""
+    matchers = [m for value in values for m in ({"list_match": {"one_of": _exactly(value)}}, _exactly(value))]
+    return {"or_match": {"value_matchers": matchers}}
+
+
+def _jwt(kind: Jwt, client: ClientIdentity) -> list[dict[str, Any]]:
+    # An account of the issuer: iss exact and sub a non-empty string, as Istio's requestPrincipals.
+    # envoy.type.matcher.v3.RegexMatcher (metadata values): RE2 is its only engine, google_re2 is deprecated.
+    any_subject = {"string_match": {"safe_regex": {"regex": ".+"}}}
+    subject = _exactly(kind.subject) if kind.subject is not None else any_subject
+    predicates = [_payload(("iss",), _exactly(kind.issuer)), _payload(("sub",), subject)]
+    if kind.audiences is not None:
+        predicates.append(_payload(("aud",), _holds(kind.audiences)))
+    return predicates + [_payload((claim.name,), _holds((claim.value,))) for claim in kind.claims]
+
+
 # Identity kind -> its predicates (all must hold). A kind missing here must be refused by the capability table.
 ENCODERS: Encoders[list[dict[str, Any]]] = {
     Principals: _principals,
     Namespaces: _namespaces,
     IpBlocks: _ip_blocks,
     Headers: _headers,
+    Jwt: _jwt,
 }
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshgen.catalog import ANY_SEGMENT
-from meshgen.errors import TargetError
-from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Namespaces, Principals
+from meshgen.errors import CompileWarning, TargetError
+from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Jwt, Namespaces, Principals
 from meshgen.policy.model import Policy, PolicyRule
 from meshgen.render import load_yaml_all
 from meshgen.render import render as render_template
@@ -57,18 +57,61 @@ def _header_conditions(kind: Headers, client: ClientIdentity) -> IstioMatch:
     return IstioMatch(when=tuple((f"request.headers[{h.name}]", (h.value.value,)) for h in kind.headers))
 
 
+def _exact(what: str, value: str) -> str:
+    if value.startswith("*") or value.endswith("*"):
+        raise Unencodable(
+            f"{what} {value!r}: Istio reads a leading or trailing '*' as a wildcard, so it cannot be matched "
+            "exactly; choose another value"
+        )
+    return value
+
+
+def _token_conditions(kind: Jwt, client: ClientIdentity) -> IstioMatch:
+    """``requestPrincipals`` ``<iss>/<sub>`` (``<iss>/*``: any non-empty subject), audiences and claims.
+
+    istiod splits a request principal at its last '/': a subject holding '/' is matched as a claim.
+    """
+    when: list[tuple[str, tuple[str, ...]]] = []
+    subject = "*"
+    if kind.subject is not None:
+        _exact("jwt.subject", kind.subject)
+        if "/" in kind.subject:
+            when.append(("request.auth.claims[sub]", (kind.subject,)))
+        else:
+            subject = kind.subject
+    if kind.audiences is not None:
+        when.append(("request.auth.audiences", tuple(_exact("jwt.audiences", a) for a in kind.audiences)))
+    for claim in kind.claims:
+        when.append((f"request.auth.claims[{claim.name}]", (_exact(f"jwt.claims.{claim.name}", claim.value),)))
+    return IstioMatch(source=(("requestPrincipals", (f"{kind.issuer}/{subject}",)),), when=tuple(when))
+
+
 # Identity kind -> its Istio encoding. A kind missing here must be refused by the capability table.
 ENCODERS: Encoders[IstioMatch] = {
     Principals: lambda kind, client: IstioMatch(source=(("principals", kind.values),)),
     Namespaces: lambda kind, client: IstioMatch(source=(("namespaces", kind.values),)),
     IpBlocks: lambda kind, client: IstioMatch(source=(("ipBlocks", kind.blocks),)),
     Headers: _header_conditions,
+    Jwt: _token_conditions,
 }
+# A token is read from this header with this prefix only (never from ?access_token or cookies).
+TOKEN_HEADER = {"name": "Authorization", "prefix": "Bearer "}
+# Istio removes a verified token from the request: an Authorization header left is a credential it did
+# not read (another scheme, "bearer" in lower case), denied so that nothing unverified reaches Triton.
+UNREAD_AUTHORIZATION_RULE = {"when": [{"key": "request.headers[authorization]", "values": ["*"]}]}
 
 
 def render(policy: Policy, options: IstioOptions) -> Rendered:
     context = build_context(policy, options.dry_run)
-    return Rendered(render_template("istio", "istio.yaml.j2", **context), documents(context))
+    warnings: tuple[CompileWarning, ...] = ()
+    if options.dry_run and policy.jwt_providers:
+        warnings = (
+            CompileWarning(
+                "istio: a RequestAuthentication has no dry-run: even in this dry run, requests with a token that "
+                "fails verification are rejected (401); only the AuthorizationPolicies are audit-only"
+            ),
+        )
+    return Rendered(render_template("istio", "istio.yaml.j2", **context), documents(context), warnings)
 
 
 def parse_back(text: str) -> object:
@@ -79,6 +122,9 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
     annotations = dict(DRY_RUN) if dry_run else {}
     policies = []
     deny_rules = istio_rules(policy, policy.rules_for("deny"))
+    if policy.jwt_providers:
+        deny_rules.insert(0, UNREAD_AUTHORIZATION_RULE)
+        _check_rule_count(len(deny_rules))
     if deny_rules:
         policies.append(
             {"name": f"{policy.name}-deny", "action": "DENY", "rules": deny_rules, "annotations": annotations}
@@ -101,9 +147,20 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
                 "filter": guard_filter(policy),
             }
         )
+    request_authentication = None
+    if policy.jwt_providers:
+        jwt_rules = []
+        for provider in policy.jwt_providers:
+            jwt_rule: dict[str, Any] = {"issuer": provider.issuer}
+            if provider.audiences is not None:
+                jwt_rule["audiences"] = list(provider.audiences)
+            jwt_rule |= {"jwks": provider.jwks, "fromHeaders": [dict(TOKEN_HEADER)]}
+            jwt_rules.append(jwt_rule)
+        request_authentication = {"name": f"{policy.name}-jwt", "jwt_rules": jwt_rules}
     return {
         "api_version": API_VERSION,
         "networking_api_version": NETWORKING_API_VERSION,
+        "request_authentication": request_authentication,
         "envoy_filters": envoy_filters,
         "namespace": policy.namespace,
         "labels": dict(MANAGED_BY),
@@ -128,6 +185,15 @@ def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     selector = {"matchLabels": context["selector"]}
     result = []
+    if context["request_authentication"]:
+        result.append(
+            {
+                "apiVersion": context["api_version"],
+                "kind": "RequestAuthentication",
+                "metadata": metadata(context["request_authentication"]["name"], {}),
+                "spec": {"selector": selector, "jwtRules": context["request_authentication"]["jwt_rules"]},
+            }
+        )
     for item in context["policies"]:
         spec: dict[str, Any] = {"selector": selector, "action": item["action"]}
         if item["rules"]:
@@ -205,12 +271,16 @@ def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, A
                 if rule.action == "deny":
                     result.append(_istio_rule(sources, [operation], [*conditions, _guard_says(UNPROVEN_KEY)]))
                     result.append(_istio_rule(sources, [operation], [*conditions, *_guard_silent()]))
-    if len(result) > MAX_RULES:
+    _check_rule_count(len(result))
+    return result
+
+
+def _check_rule_count(count: int) -> None:
+    if count > MAX_RULES:
         raise TargetError(
-            f"istio: the spec needs {len(result)} AuthorizationPolicy rules, more than Istio's limit of "
+            f"istio: the spec needs {count} AuthorizationPolicy rules, more than Istio's limit of "
             f"{MAX_RULES}; merge clients that share rules or use fewer header-identified clients"
         )
-    return result
 
 
 def _istio_rule(

@@ -36,6 +36,11 @@ MESH_IDENTITY = Refused(
     "identify this client by ipBlocks and/or headers, or use the istio or envoy target",
 )
 
+NO_JWT = Refused(
+    "open-source nginx cannot verify JWTs (signature, issuer, audience, expiry)",
+    "identify this client by ipBlocks and/or headers on nginx, or use the istio or envoy target",
+)
+
 
 class NginxTarget(Target[NginxOptions]):
     name = "nginx"
@@ -51,6 +56,7 @@ class NginxTarget(Target[NginxOptions]):
         {
             Feature.PRINCIPALS: MESH_IDENTITY,
             Feature.NAMESPACES: MESH_IDENTITY,
+            Feature.JWT: NO_JWT,
             Feature.PER_MODEL_GRPC: NO_GRPC_BODY,
         }
     )

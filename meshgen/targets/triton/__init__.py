@@ -22,6 +22,7 @@ class TritonTarget(Target[NoOptions]):
             Feature.IP_BLOCKS: PROXY_CHECKS_IT,
             # Categories whose every grantee sends one common header are restricted to it (--*-restricted-*).
             Feature.HEADERS: PROXY_CHECKS_IT,
+            Feature.JWT: PROXY_CHECKS_IT,
             Feature.PER_MODEL_HTTP: PROXY_CHECKS_MODELS,
             Feature.PER_MODEL_GRPC: PROXY_CHECKS_MODELS,
             Feature.DRY_RUN: Refused("Triton has no audit mode", "use the dry-run of the proxy targets"),
