@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
-PortName = Literal["http", "grpc", "metrics"]  # Triton's ports, by the name the spec gives them
-PORT_NAMES: tuple[PortName, ...] = ("http", "grpc", "metrics")
-Value = TypeVar("Value")
+# Triton's ports, by the name the spec gives them; "openai" is the OpenAI-compatible frontend, served
+# only where the spec sets workload.ports.openai.
+PortName = Literal["http", "grpc", "metrics", "openai"]
+PORT_NAMES: tuple[PortName, ...] = ("http", "grpc", "metrics", "openai")
 
 _ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(?P<port>[0-9]{1,5})$")
 
@@ -51,14 +52,15 @@ def parse_address(text: str) -> Address:
 
 
 @dataclass(frozen=True)
-class PerPort(Generic[Value]):
-    """One value per Triton port."""
+class PortAddresses:
+    """An address per Triton port, each possibly unset."""
 
-    http: Value
-    grpc: Value
-    metrics: Value
+    http: Address | None = None
+    grpc: Address | None = None
+    metrics: Address | None = None
+    openai: Address | None = None
 
-    def get(self, port: PortName) -> Value:
+    def get(self, port: PortName) -> Address | None:
         match port:
             case "http":
                 return self.http
@@ -66,17 +68,8 @@ class PerPort(Generic[Value]):
                 return self.grpc
             case "metrics":
                 return self.metrics
-
-
-@dataclass(frozen=True)
-class PortAddresses(PerPort[Address | None]):
-    """An address per Triton port, each possibly unset."""
-
-    http: Address | None = None
-    grpc: Address | None = None
-    metrics: Address | None = None
+            case "openai":
+                return self.openai
 
     def overridden_by(self, overrides: PortAddresses) -> PortAddresses:
-        return PortAddresses(
-            overrides.http or self.http, overrides.grpc or self.grpc, overrides.metrics or self.metrics
-        )
+        return PortAddresses(*(overrides.get(port) or self.get(port) for port in PORT_NAMES))

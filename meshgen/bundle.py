@@ -36,6 +36,8 @@ def build_bundle(policy: Policy) -> Bundle:
     resources: list[str] = []
     for target in TARGETS:
         for output in target.outputs:
+            if not output.applies_to(policy):
+                continue
             try:
                 generated = target.generate(policy, output.options)
             except TargetError as error:

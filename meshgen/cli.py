@@ -253,10 +253,10 @@ def check(
     http: Annotated[Optional[str], typer.Option(metavar='"METHOD PATH"', help="An HTTP request.")] = None,  # noqa: UP045
     grpc: Annotated[Optional[str], typer.Option(metavar="METHOD", help="A gRPC method, e.g. ModelInfer.")] = None,  # noqa: UP045
     header: Annotated[list[str], typer.Option(metavar="K=V", help="An extra request header.")] = [],  # noqa: B006
-    port: Annotated[Optional[str], typer.Option(help="http or metrics (default: by path).")] = None,  # noqa: UP045
+    port: Annotated[Optional[str], typer.Option(help="http, metrics or openai (default: by path).")] = None,  # noqa: UP045
     model: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(metavar="NAME", help="With --grpc: the model the request message names."),
+        typer.Option(metavar="NAME", help="With --grpc or an OpenAI inference route: the model the body names."),
     ] = None,
 ) -> None:
     """What-if: ALLOW/DENY for one request and the rule that decides (exit 0 allow, 1 deny)."""

@@ -63,12 +63,17 @@ def access_matrix(spec: Spec) -> dict[str, dict[str, dict[str, Cell]]]:
 
 def _cells(spec: Spec, subject: str, identity: Identity, category: str, listed: list[str]) -> dict[str, Cell]:
     catalog = load_catalog()
+    # KServe HTTP (and the metrics port) in one table, the OpenAI frontend in its own where it is served.
     http: list[tuple[str | None, Decision]] = []
+    openai: list[tuple[str | None, Decision]] = []
     for endpoint in catalog.http_endpoints(category):
         for model in [*listed, ANY_MODEL] if endpoint.model_scoped else [None]:
-            path = endpoint.template.replace("{model}", model or "")
+            path = endpoint.template if endpoint.body_model else endpoint.template.replace("{model}", model or "")
             path = path.replace("{version}", "1").replace("{region}", "r").replace("{repo}", "r")
-            http.append((model, decide(spec, Request(endpoint.port, endpoint.methods[0], path, identity))))
+            request = Request(endpoint.port, endpoint.methods[0], path, identity)
+            if endpoint.body_model:
+                request = Request(endpoint.port, endpoint.methods[0], path, identity, body_model=model or "")
+            (openai if endpoint.port == "openai" else http).append((model, decide(spec, request)))
     grpc: list[tuple[str | None, Decision]] = []
     for method in catalog.grpc_methods(category):
         # Model-scoped methods name the model in the request message: one decision per listed model.
@@ -84,12 +89,18 @@ def _cells(spec: Spec, subject: str, identity: Identity, category: str, listed: 
         and category in rule.categories
         and (rule.from_ == "anyone" or subject in rule.from_)
     ]
-    withheld_on = _withholding_targets(spec) if per_model and catalog.grpc_methods(category) else ()
-    return {"http": _summarize(spec, http, ()), "grpc": _summarize(spec, grpc, withheld_on)}
+    withheld_on = _withholding_targets(spec, "grpc") if per_model and catalog.grpc_methods(category) else ()
+    cells = {"http": _summarize(spec, http, ()), "grpc": _summarize(spec, grpc, withheld_on)}
+    if spec.workload.ports.openai is not None:
+        body_routes = any(e.body_model for e in catalog.http_endpoints(category))
+        json_withheld_on = _withholding_targets(spec, "openai") if per_model and body_routes else ()
+        cells["openai"] = _summarize(spec, openai, json_withheld_on)
+    return cells
 
 
-def _withholding_targets(spec: Spec) -> tuple[str, ...]:
-    """Targets whose capability tables do not make per-model gRPC grants (for this spec's switches)."""
+def _withholding_targets(spec: Spec, body: Literal["grpc", "openai"]) -> tuple[str, ...]:
+    """Targets whose capability tables do not make per-model grants read from a gRPC message or an
+    OpenAI JSON body (for this spec's switches)."""
     from meshgen.features import Feature
     from meshgen.policy import compile_policy
     from meshgen.spec import LoadedSpec
@@ -99,7 +110,8 @@ def _withholding_targets(spec: Spec) -> tuple[str, ...]:
     policy = compile_policy(LoadedSpec(spec, _EMPTY_SOURCE))
     found = []
     for target in TARGETS:
-        support = target.effective_capabilities(policy, target.options_type())[Feature.PER_MODEL_GRPC]
+        feature = Feature.PER_MODEL_GRPC if body == "grpc" else Feature.PER_MODEL_JSON
+        support = target.effective_capabilities(policy, target.options_type())[feature]
         if not isinstance(support, Enforced) and target.name != "triton":
             found.append(target.name)
     return tuple(found)
@@ -133,9 +145,11 @@ def render_explanation(loaded: LoadedSpec, fmt: Format) -> str:
         }
         return json.dumps(data, indent=2) + "\n"
     sections = []
-    for protocol in ("http", "grpc"):
+    protocols = ["http", "grpc"] + (["openai"] if loaded.spec.workload.ports.openai is not None else [])
+    titles = {"http": "HTTP", "grpc": "GRPC", "openai": "OPENAI"}
+    for protocol in protocols:
         rows = [[category, *(matrix[s][category][protocol].text() for s in subjects)] for category in CATEGORIES]
-        header = [f"{protocol.upper()} category", *subjects]
+        header = [f"{titles[protocol]} category", *subjects]
         sections.append(_markdown(header, rows) if fmt == "markdown" else _table(header, rows))
     title = f"Access matrix for {loaded.spec.metadata.namespace}/{loaded.spec.metadata.name}"
     if fmt == "markdown":

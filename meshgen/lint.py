@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from meshgen.catalog import load_catalog
 from meshgen.errors import SourceLocation
 from meshgen.policy.compile import client_identity, rule_grants
 from meshgen.spec import Client, LoadedSpec, Rule
+from meshgen.spec.model import PortName
 
 ADMIN_CATEGORIES = ("model-repository", "shared-memory", "logging", "trace")
 
@@ -103,19 +104,19 @@ def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:
     mtls_clients = {name for name, client in spec.clients.items() if client.principals or client.namespaces}
     ports = spec.workload.ports
     permissive = {
-        ports.by_name(key) if isinstance(key, str) else key
+        ports.served()[key] if isinstance(key, str) else key
         for key, mode in spec.mtls.port_overrides.items()
         if mode == "PERMISSIVE"
     }
     if spec.mtls.mode == "PERMISSIVE":
-        permissive |= {ports.http, ports.grpc, ports.metrics}
+        permissive |= set(ports.served().values())
     exposed = sorted(
         {
             name
             for rule in spec.rules
             if rule.from_ != "anyone"
             for name in rule.from_
-            if name in mtls_clients and permissive & _rule_ports(rule, ports.http, ports.grpc, ports.metrics)
+            if name in mtls_clients and permissive & _rule_ports(rule, ports.served())
         }
     )
     if exposed:
@@ -127,9 +128,12 @@ def _permissive_with_mtls_clients(loaded: LoadedSpec) -> Iterator[Finding]:
         )
 
 
-def _rule_ports(rule: Rule, http: int, grpc: int, metrics: int) -> set[int]:
-    ports = {metrics} if "metrics" in rule.categories else set()
-    return ports | ({http, grpc} if set(rule.categories) - {"metrics"} else set())
+def _rule_ports(rule: Rule, served: Mapping[PortName, int]) -> set[int]:
+    """The container ports a rule's categories have endpoints on."""
+    catalog = load_catalog()
+    names: set[PortName] = {e.port for c in rule.categories for e in catalog.http_endpoints(c)}
+    names |= {"grpc" for c in rule.categories if catalog.grpc_methods(c)}
+    return {number for name, number in served.items() if name in names}
 
 
 def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:
@@ -140,7 +144,7 @@ def _rules_granting_nothing(loaded: LoadedSpec) -> Iterator[Finding]:
         for category in rule.categories
     }
     for index, rule in _allow_rules(loaded):
-        http, grpc = rule_grants(rule)
+        http, grpc = rule_grants(rule, loaded.spec.workload.ports.served())
         live = [c for c in rule.categories if c not in denied_for_all]
         if not (http or grpc) or not live:
             yield Finding(

@@ -23,7 +23,7 @@ class WhatIf:
         verdict = "ALLOW" if self.decision.allowed else "DENY"
         where = f" ({self.rule_location})" if self.rule_location else ""
         request = f"{self.request.protocol} {self.request.method} {self.request.path}"
-        if self.request.protocol == "grpc" and self.request.body_model:
+        if self.request.protocol in ("grpc", "openai") and self.request.body_model:
             request += f" (model {self.request.body_model})"
         return f"{verdict} {request}: {self.decision.reason}{where}"
 
@@ -54,8 +54,10 @@ def what_if(
     identity = dataclasses.replace(identity, headers={**identity.headers, **extra})
     request = _request(http, grpc, identity, port)
     if model is not None:
-        if request.protocol != "grpc":
-            raise MeshgenError("--model is for --grpc calls: an HTTP path names its model itself")
+        if request.protocol not in ("grpc", "openai"):
+            raise MeshgenError(
+                "--model is for --grpc calls and OpenAI inference routes (JSON body): an HTTP path names its model"
+            )
         request = dataclasses.replace(request, body_model=model)
     decision = decide(spec, request)
     location = None
@@ -74,7 +76,14 @@ def _request(http: str | None, grpc: str | None, identity: Identity, port: str |
     method, _, path = http.strip().partition(" ")
     if not path.startswith("/"):
         raise MeshgenError(f'--http {http!r} must be "METHOD /path"')
-    on = port or ("metrics" if path.split("?")[0].rstrip("/") == "/metrics" else "http")
-    if on not in ("http", "metrics"):
-        raise MeshgenError("--port must be http or metrics")
+    on = port or _port_of(path.split("?")[0])
+    if on not in ("http", "metrics", "openai"):
+        raise MeshgenError("--port must be http, metrics or openai")
     return Request(on, method.upper(), path.strip(), identity)  # type: ignore[arg-type]
+
+
+def _port_of(path: str) -> str:
+    """The port a path is on when --port is not given: the OpenAI frontend's routes, metrics, else http."""
+    if path.startswith("/v1/") or path == "/health/ready":
+        return "openai"
+    return "metrics" if path.rstrip("/") == "/metrics" else "http"

@@ -63,6 +63,8 @@ NGINX_TEMPLATE = "templates/nginx/http.conf.j2"
 GUARD = "templates/envoy/grpc_model_guard.lua.j2"
 JWT_PY = "meshgen/targets/envoy/jwt.py"
 TRITON_PY = "meshgen/targets/triton/flags.py"
+OPENAI_PY = "meshgen/targets/envoy/openai.py"
+CATALOG_YAML = "meshgen/catalog/triton.yaml"
 
 
 def one(path: str, find: str, replace: str) -> tuple[Edit, ...]:
@@ -89,6 +91,14 @@ JWT_ISTIO = (
     "tests/test_istio.py::test_documents_pass_istio_schema_cel_and_webhook[jwt-tenants]",
     "tests/test_istio.py::test_istio_decisions_equal_the_reference[jwt-tenants]",
 )
+
+# The OpenAI frontend's port: the body corpus on the real Envoy in front of FastAPI (seconds), then the
+# llm-tenants matrix on the real Envoy; Istio: the llm-tenants matrix through the evaluator.
+OPENAI_ENVOY = (
+    "tests/test_openai_body.py",
+    ENVOY_CONFORMANCE + "test_matrix_matches_decide[llm-tenants]",
+)
+OPENAI_ISTIO = ("tests/test_istio.py::test_istio_decisions_equal_the_reference[llm-tenants]",)
 
 
 CATALOGUE: tuple[Mutant, ...] = (
@@ -492,7 +502,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant(
         "istio-guard-on-http-port",
         "the EnvoyFilter inserts the guard on the HTTP port's chain",
-        one(ISTIO_PY, '"grpc_port": policy.port("grpc"),', '"grpc_port": policy.port("http"),'),
+        one(ISTIO_PY, '"port": policy.port("grpc"),', '"port": policy.port("http"),'),
         ISTIO,
     ),
     # --- JWT clients (Envoy: jwt_authn + RBAC on its payload; Istio: RequestAuthentication + policies) ---
@@ -550,8 +560,8 @@ CATALOGUE: tuple[Mutant, ...] = (
         "a token with an empty subject is taken for an account of the issuer",
         one(
             RBAC,
-            '{"string_match": {"safe_regex": {"regex": ".+"}}}',
-            '{"string_match": {"safe_regex": {"regex": ".*"}}}',
+            'any_subject = {"string_match": {"safe_regex": {"regex": ".+"}}}',
+            'any_subject = {"string_match": {"safe_regex": {"regex": ".*"}}}',
         ),
         JWT_ENVOY,
     ),
@@ -803,6 +813,69 @@ CATALOGUE: tuple[Mutant, ...] = (
             "geo $http_x_forwarded_for {{ geo.variable | nginx_var }} {",
         ),
         NGINX,
+    ),
+    # --- the OpenAI frontend's port (model in the JSON body) -------------------------------------------
+    Mutant(
+        "envoy-openai-unproven-not-denied",
+        "a deny limited to models lets an unreadable body (other content-type, no string model) through",
+        one(
+            RBAC,
+            "    if deny:\n        unproven = {",
+            "    if False:\n        unproven = {",
+        ),
+        OPENAI_ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-openai-any-model",
+        "an allow limited to models matches any model the body names",
+        one(RBAC, "_json_model(_one_of(models))", '_json_model({"present_match": True})'),
+        OPENAI_ENVOY,
+        ci=True,
+    ),
+    Mutant(
+        "envoy-openai-reader-dropped",
+        "no JSON body reader: per-model grants never match, per-model denies always do",
+        one(RBAC, 'if port in (None, "openai") and body_limited(policy):', "if False:"),
+        OPENAI_ENVOY,
+    ),
+    Mutant(
+        "envoy-openai-content-types-widened",
+        "bodies without a content-type are read (FastAPI would too, but the reference says unproven)",
+        one(
+            OPENAI_PY,
+            '"request_rules": {"rules": [rule], "allow_content_types": list(CONTENT_TYPES)},',
+            '"request_rules": {"rules": [rule], "allow_content_types": list(CONTENT_TYPES), '
+            '"allow_empty_content_type": True},',
+        ),
+        OPENAI_ENVOY,
+    ),
+    Mutant(
+        "catalog-openai-chat-not-body-model",
+        "chat completions no longer limited by the body's model (grants and denies lose the route)",
+        one(
+            CATALOG_YAML,
+            "{methods: [POST], path: /v1/chat/completions, port: openai, body_model: true}",
+            "{methods: [POST], path: /v1/chat/completions, port: openai}",
+        ),
+        OPENAI_ENVOY,
+    ),
+    Mutant(
+        "istio-openai-unproven-not-denied",
+        "Istio: a deny limited to models lets an unreadable body through",
+        one(
+            ISTIO_PY,
+            "[*conditions, _json_model_unproven()]",
+            "[*conditions, _json_model_in(models)]",
+        ),
+        OPENAI_ISTIO,
+        ci=True,
+    ),
+    Mutant(
+        "istio-openai-any-model",
+        "Istio: an allow limited to models matches any model the body names",
+        one(ISTIO_PY, "[*conditions, _json_model_in(models)]", '[*conditions, {"key": _json_key(), "values": ["*"]}]'),
+        OPENAI_ISTIO,
     ),
     # --- Triton flags ------------------------------------------------------------------------------------
     Mutant(

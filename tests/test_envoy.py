@@ -179,7 +179,7 @@ def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool 
         assert ca is not None
         server = ca.issue("envoy", server=True)
         policy = _policy(_with_tls(loaded, Tls(cert=str(server.cert), key=str(server.key), clientCA=str(ca.ca.cert))))
-    addresses = {port: f"127.0.0.1:{free_port()}" for port in ("http", "grpc", "metrics")}
+    addresses: dict[str, str] = {port: f"127.0.0.1:{free_port()}" for port in policy.ports.served}
     text = envoy_output(
         policy, bootstrap=True, listen=addresses, upstream=addresses, admin=f"127.0.0.1:{free_port()}", dry_run=dry_run
     )

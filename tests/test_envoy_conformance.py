@@ -9,9 +9,11 @@ with standalone.tls); an identity without a principal presents a CA-issued cert 
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import ssl
 import threading
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +25,13 @@ import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 import pytest
 import yaml
 
+from meshgen.features import Feature
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.model import Ports, Standalone, Tls
-from tests.support.backend import Backend, grpc_call_on
+from meshgen.targets.envoy import EnvoyOptions
+from meshgen.targets.envoy.openai import JSON_FILTER
+from tests.support.backend import REQUEST_ID_HEADER, Backend, grpc_call_on, unlike_sent
 from tests.support.envoy_process import EnvoyProcess
 from tests.support.filter_host import filter_host_bootstrap
 from tests.support.goldens import golden_cases, load_case
@@ -36,27 +41,30 @@ from tests.support.matrix import (
     STANDARD_METHODS,
     full_matrix,
     grpc_message,
+    json_request,
     loopback_variant,
     refusal,
+    sent_body,
+    served_ports,
 )
 from tests.support.paths import NON_CANONICAL_FORMS, envoy_canonical
 from tests.support.pki import CertFiles, TestCA
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
-from tests.support.targets import envoy_output
+from tests.support.targets import ENVOY, enforced_by, envoy_output
 
 pytestmark = pytest.mark.envoy
-
-PORTS = ("http", "grpc", "metrics")
 
 
 @dataclass
 class RunningCase:
     spec: Spec
-    listen: dict[str, int]
+    listen: dict[str, int]  # per served port
     backend: Backend
     ca: TestCA | None
     client_certs: dict[str | None, CertFiles]
+    # The reference: decide() for what this Envoy output enforces (its capability table)
+    enforced: frozenset[Feature]
 
     def cert_for(self, principal: str | None) -> CertFiles:
         assert self.ca is not None
@@ -89,48 +97,62 @@ def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) ->
         server = ca.issue("envoy", server=True)
         tls = Tls(cert=str(server.cert), key=str(server.key), clientCA=str(ca.ca.cert))
         spec = spec.model_copy(update={"standalone": Standalone(tls=tls)})
+    ports = served_ports(spec)
     with Backend() as backend:
-        listen = {port: free_port() for port in PORTS}
-        upstream = {"http": backend.http_port, "grpc": backend.grpc_port, "metrics": backend.http_port}
+        listen = {port: free_port() for port in ports}
+        upstream = backend_ports(backend, ports)
         admin_port = free_port()
+        policy = compile_policy(LoadedSpec(spec, loaded.source))
         text = envoy_output(
-            compile_policy(LoadedSpec(spec, loaded.source)),
+            policy,
             bootstrap=True,
-            listen={p: f"127.0.0.1:{listen[p]}" for p in PORTS},
-            upstream={p: f"127.0.0.1:{upstream[p]}" for p in PORTS},
+            listen={p: f"127.0.0.1:{listen[p]}" for p in ports},
+            upstream={p: f"127.0.0.1:{upstream[p]}" for p in ports},
             admin=f"127.0.0.1:{admin_port}",
             dry_run=dry_run,
         )
         config = directory / "envoy.yaml"
         config.write_text(text, encoding="utf-8")
+        enforced = enforced_by(ENVOY, policy, EnvoyOptions(bootstrap=True, dry_run=dry_run))
         with EnvoyProcess(config, admin_port, directory / "envoy.log"):
-            yield RunningCase(spec, listen, backend, ca, {})
+            yield RunningCase(spec, listen, backend, ca, {}, enforced)
+
+
+def backend_ports(backend: Backend, ports: Iterable[str]) -> dict[str, int]:
+    """The backend port standing in for each Triton port: gRPC's, or its HTTP server for the others."""
+    return {port: backend.grpc_port if port == "grpc" else backend.http_port for port in ports}
 
 
 @contextmanager
-def start_filter_host(case: str, directory: Path, *, without_guard: bool = False) -> Iterator[RunningCase]:
+def start_filter_host(
+    case: str, directory: Path, *, without_guard: bool = False, without_json_reader: bool = False
+) -> Iterator[RunningCase]:
     """The case's filter-only output inside a sidecar-like Envoy (tests/support/filter_host.py) whose
     listeners are on the spec's container ports (free ports, set in the loopback variant).
-    ``without_guard``: as installed by someone who left the gRPC model guard out."""
+    ``without_guard``: as installed by someone who left the gRPC model guard out; ``without_json_reader``:
+    the OpenAI body reader (json_to_metadata)."""
     loaded = load_case(case)
-    container = {port: free_port() for port in PORTS}
+    container = {port: free_port() for port in served_ports(loaded.spec)}
     workload = loaded.spec.workload.model_copy(update={"ports": Ports(**container)})
     spec = loopback_variant(loaded.spec).model_copy(update={"workload": workload})
-    filters = yaml.safe_load(envoy_output(compile_policy(LoadedSpec(spec, loaded.source))))
+    policy = compile_policy(LoadedSpec(spec, loaded.source))
+    filters = yaml.safe_load(envoy_output(policy))
     if without_guard:
         filters = [entry for entry in filters if entry["name"] != "meshgen.grpc_model_guard"]
+    if without_json_reader:
+        filters = [entry for entry in filters if entry["name"] != JSON_FILTER]
     ca = TestCA(directory) if _needs_mtls(spec) else None
     tls = None
     if ca is not None:
         server = ca.issue("envoy", server=True)
         tls = (str(server.cert), str(server.key), str(ca.ca.cert))
     with Backend() as backend:
-        upstream = {"http": backend.http_port, "grpc": backend.grpc_port, "metrics": backend.http_port}
+        upstream = backend_ports(backend, container)
         admin_port = free_port()
         config = directory / "filter-host.json"
         config.write_text(filter_host_bootstrap(filters, container, upstream, admin_port, tls), encoding="utf-8")
         with EnvoyProcess(config, admin_port, directory / "envoy.log"):
-            yield RunningCase(spec, container, backend, ca, {})
+            yield RunningCase(spec, container, backend, ca, {}, enforced_by(ENVOY, policy))
 
 
 @pytest.fixture(scope="module", params=golden_cases())
@@ -169,12 +191,12 @@ class HttpClient:
             )
         return http.client.HTTPConnection("127.0.0.1", port, source_address=source, timeout=10)
 
-    def send(self, method: str, path: str, headers: dict[str, str] | None = None) -> int:
+    def send(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> int:
         for attempt in range(2):
             if self._conn is None:
                 self._conn = self._connect()
             try:
-                self._conn.request(method, path, headers={**self._identity.headers, **(headers or {})})
+                self._conn.request(method, path, body, headers={**self._identity.headers, **(headers or {})})
                 response = self._conn.getresponse()
                 response.read()
                 if response.will_close:
@@ -241,11 +263,13 @@ def send_h2(case: RunningCase, identity: Identity, request: Request, sessions: d
             tls=_ssl_context(case, identity.principal) if case.ca is not None else None,
         )
     headers = [(name.lower(), value) for name, value in identity.headers.items()]
+    extra, body = sent_body(request)
+    headers += [(name.lower(), value) for name, value in extra.items()]
     return sessions[request.protocol].request(
         request.method,
         request.path,
         [*(GRPC_HEADERS if grpc_call else ()), *headers],
-        [grpc_frame(b"")] if grpc_call else [],
+        [grpc_frame(b"")] if grpc_call else [body] if body else [],
     )
 
 
@@ -258,7 +282,7 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
     grpc_client: GrpcClient | None = None
     try:
         for label, request in requests:
-            decision = decide(case.spec, request)
+            decision = decide(case.spec, request, case.enforced)
             expected, answers = decision.allowed, refusal(decision)
             if needs_h2(request):
                 response = send_h2(case, identity, request, h2_sessions)
@@ -277,12 +301,18 @@ def _observe(case: RunningCase, identity: Identity, requests: list[tuple[str, Re
                     mismatches.append(f"{label}: got {code.name}, decide() says allowed={expected}")
                 continue
             client = http_clients.setdefault(request.protocol, HttpClient(case, identity, request.protocol))
-            status = client.send(request.method, request.path)
+            headers, body = sent_body(request)
+            request_id = uuid.uuid4().hex
+            status = client.send(request.method, request.path, {**headers, REQUEST_ID_HEADER: request_id}, body)
             allowed[request.protocol] += 200 <= status < 300
             if not 200 <= status < 300 and status not in answers.http:
                 mismatches.append(f"{label}: got HTTP {status}, decide() says {decision.reason}")
             elif (200 <= status < 300) != expected:
                 mismatches.append(f"{label}: got {status}, decide() says allowed={expected}")
+            elif 200 <= status < 300:
+                problem = unlike_sent(case.backend.received_for(request_id), headers, body)
+                if problem is not None:
+                    mismatches.append(f"{label}: allowed, but {problem}")
     finally:
         for http_client in http_clients.values():
             http_client.close()
@@ -350,6 +380,34 @@ def test_without_the_guard_per_model_grpc_fails_closed(tmp_path: Path) -> None:
             finally:
                 client.close()
             assert (code == grpc.StatusCode.OK) == allowed, (identity, path, model, code)
+
+
+def test_without_the_json_reader_per_model_openai_fails_closed(tmp_path: Path) -> None:
+    """Without json_to_metadata (left out when copying the filter list) no body names a model: per-model
+    OpenAI grants deny, a per-model deny applies to every model, and routes without models still work."""
+    chat, ops = Identity(source_ip="127.0.1.1"), Identity(source_ip="127.0.5.1", headers={"x-ops-token": "ops-S3cret"})
+    forged = Identity(source_ip="127.0.1.1", headers={"x-envoy-filters-http-json-to-metadata": "llama-3-8b-instruct"})
+    with start_filter_host("llm-tenants", tmp_path, without_json_reader=True) as host:
+        assert "openai" in host.listen
+        for identity, request, allowed in [
+            (chat, json_request("openai", "/v1/chat/completions", "llama-3-8b-instruct"), False),
+            (forged, json_request("openai", "/v1/completions", "llama-3-8b-instruct"), False),
+            (chat, json_request("openai", "/v1/embeddings", "unlisted_model"), False),
+            (ops, Request("openai", "GET", "/v1/models"), True),  # no models in its rule: the body is not read
+            (ops, Request("openai", "POST", "/v1/models/llama-3-8b-instruct/load"), True),
+            (ops, Request("openai", "POST", "/v1/models/llama-3-70b-base/load"), False),  # the path names it
+            (Identity(source_ip=LOOPBACK_OUTSIDER_IP), Request("openai", "GET", "/health/ready"), True),
+        ]:
+            request = dataclasses.replace(request, identity=identity)
+            # What a target that cannot read the body decides.
+            assert decide(host.spec, request, host.enforced - {Feature.PER_MODEL_JSON}).allowed == allowed, request
+            client = HttpClient(host, identity, "openai")
+            try:
+                headers, body = sent_body(request)
+                status = client.send(request.method, request.path, headers, body)
+            finally:
+                client.close()
+            assert (200 <= status < 300) == allowed, (identity, request.path, request.body_model, status)
 
 
 def test_matrix_matches_decide(running: RunningCase) -> None:
@@ -440,7 +498,7 @@ def test_mtls_listeners_refuse_clients_without_a_certificate(running: RunningCas
     a TLS client without one, and a plaintext client, never get a response nor reach the backend."""
     assert running.ca is not None
     before = (len(running.backend.http_seen), len(running.backend.grpc_seen))
-    for port in PORTS:
+    for port in running.listen:
         no_certificate = ssl.create_default_context(cafile=str(running.ca.ca.cert))
         connections = [
             http.client.HTTPSConnection("127.0.0.1", running.listen[port], timeout=5, context=no_certificate),
@@ -473,36 +531,71 @@ CANONICAL_TARGETS = (
 def test_non_canonical_paths_are_decided_on_their_canonical_form(running: RunningCase) -> None:
     """docs/spec.md: Envoy canonicalizes (dots, unreserved escapes, backslashes, merged slashes) and then
     decides; escaped slashes get 400. The backend only ever sees the canonical path."""
-    failures: list[str] = []
     people = [
         Identity(source_ip=LOOPBACK_OUTSIDER_IP),
         Identity(source_ip=LB_IP),
         Identity(source_ip=ADMIN_IP, headers=ADMIN_HEADERS),
         Identity(source_ip="127.0.5.5"),
     ]
+    targets = [Request(port, method, path) for port, method, path in CANONICAL_TARGETS]  # type: ignore[arg-type]
+    failures = _canonical_failures(running, people, targets)
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
+
+
+# llm-tenants (loopback variant): chat-app 127.0.1.0/24 may infer on two llama models, ops 127.0.5.0/24 with
+# its header may manage the repository except llama-3-70b-base (denied to everyone).
+OPENAI_CANONICAL_TARGETS = (
+    Request("openai", "GET", "/health/ready"),
+    Request("openai", "GET", "/v1/models/llama-3-8b-instruct"),
+    Request("openai", "POST", "/v1/models/llama-3-8b-instruct/load"),
+    Request("openai", "POST", "/v1/models/llama-3-70b-base/unload"),
+    json_request("openai", "/v1/chat/completions", "llama-3-8b-instruct"),
+    json_request("openai", "/v1/embeddings", "llama-3-70b-base"),
+    Request("openai", "GET", "/metrics"),
+)
+
+
+@pytest.mark.parametrize("running", ["llm-tenants"], indirect=True)
+def test_non_canonical_openai_paths_are_decided_on_their_canonical_form(running: RunningCase) -> None:
+    """The same on the OpenAI frontend's port: path-model routes and JSON body routes alike."""
+    people = [
+        Identity(source_ip=LOOPBACK_OUTSIDER_IP),
+        Identity(source_ip="127.0.1.1"),
+        Identity(source_ip="127.0.5.1", headers={"x-ops-token": "ops-S3cret"}),
+    ]
+    failures = _canonical_failures(running, people, OPENAI_CANONICAL_TARGETS)
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
+
+
+def _canonical_failures(running: RunningCase, people: list[Identity], targets: Iterable[Request]) -> list[str]:
+    """Each target path in every non-canonical form, with the target's body, from each identity."""
+    failures: list[str] = []
     for identity in people:
-        for port, method, path in CANONICAL_TARGETS:
+        for target in targets:
+            port, method, path = target.protocol, target.method, target.path
+            headers, body = sent_body(target)
             for form, make in NON_CANONICAL_FORMS:
                 raw = make(path)
                 canonical = envoy_canonical(raw)
                 client = HttpClient(running, identity, port)
                 before = len(running.backend.http_seen)
                 try:
-                    status = client.send(method, raw)
+                    status = client.send(method, raw, headers, body)
                 finally:
                     client.close()
                 reached = running.backend.http_seen[before:]
-                who = f"{method} {raw!r} ({form}) from {identity.source_ip}"
+                who = f"{port} {method} {raw!r} ({form}) from {identity.source_ip}"
                 if canonical is None:
                     if status != 400 or reached:
                         failures.append(f"{who}: expected 400 (escaped slash), got {status}, backend saw {reached}")
                     continue
-                expected = decide(running.spec, Request(port, method, canonical, identity)).allowed  # type: ignore[arg-type]
+                request = dataclasses.replace(target, path=canonical, identity=identity)
+                expected = decide(running.spec, request, running.enforced).allowed
                 if (200 <= status < 300) != expected or status not in (200, 403):
                     failures.append(f"{who}: got {status}; decide({canonical}) allows={expected}")
                 if reached and reached != [f"{method} {canonical}"]:
                     failures.append(f"{who}: backend saw {reached}, not the canonical {canonical}")
-    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:20])
+    return failures
 
 
 def test_dry_run_denies_nothing_and_the_matrix_notices(tmp_path: Path) -> None:
@@ -512,6 +605,6 @@ def test_dry_run_denies_nothing_and_the_matrix_notices(tmp_path: Path) -> None:
     with start_case("headers-and-ips", tmp_path, dry_run=True) as running:
         matrix = [(label, r) for label, r in full_matrix(running.spec, LOOPBACK_OUTSIDER_IP) if not needs_h2(r)]
         total, allowed, mismatches = _run_matrix(running, matrix)
-    denied = sum(not decide(running.spec, request).allowed for _, request in matrix)
+    denied = sum(not decide(running.spec, request, running.enforced).allowed for _, request in matrix)
     assert sum(allowed.values()) == total
     assert len(mismatches) == denied > 0

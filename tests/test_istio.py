@@ -14,6 +14,7 @@ import yaml
 from meshgen.errors import TargetError
 from meshgen.policy import Request, compile_policy, decide
 from meshgen.spec import load_spec_text
+from meshgen.targets.envoy.openai import JSON_FILTER, body_limited
 from tests.istio_eval import Workload, effective_mtls_mode
 from tests.istio_validation import ENVOY_FILTER_WARNING, validate_istio_document, webhook_warnings
 from tests.support.goldens import golden_cases, load_case
@@ -64,29 +65,61 @@ def test_peer_authentication_enforces_the_specs_mode_on_every_port(case: str) ->
     spec = load_case(case).spec
     documents = list(yaml.safe_load_all(generate(case)))
     workload = Workload(spec.metadata.namespace, spec.workload.selector)
-    ports = spec.workload.ports
-    for name in ("http", "grpc", "metrics"):
-        number = ports.by_name(name)  # type: ignore[arg-type]
+    for name, number in spec.workload.ports.served().items():
         overrides = spec.mtls.port_overrides
-        expected = overrides.get(name, overrides.get(number, spec.mtls.mode))  # type: ignore[call-overload]
+        expected = overrides.get(name, overrides.get(number, spec.mtls.mode))
         assert effective_mtls_mode(documents, workload, number) == expected, (case, name)
+
+
+def _envoy_filters(documents: list[dict[str, Any]], filter_name: str) -> list[dict[str, Any]]:
+    return [
+        doc
+        for doc in documents
+        if doc["kind"] == "EnvoyFilter"
+        and any(patch["patch"]["value"]["name"] == filter_name for patch in doc["spec"]["configPatches"])
+    ]
+
+
+def _assert_inserted_before_rbac(envoy_filter: dict[str, Any], port: int, selector: dict[str, str]) -> None:
+    [patch] = envoy_filter["spec"]["configPatches"]
+    assert patch["match"]["listener"]["portNumber"] == port
+    assert patch["match"]["context"] == "SIDECAR_INBOUND"
+    assert envoy_filter["spec"]["workloadSelector"]["labels"] == selector
+    assert (patch["applyTo"], patch["patch"]["operation"]) == ("HTTP_FILTER", "INSERT_BEFORE")
+    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.rbac"
 
 
 def test_the_envoy_filter_runs_the_envoy_targets_guard_byte_for_byte(case: str) -> None:
     """One guard: the Lua text Istio's sidecar runs is the one proven on the real Envoy."""
     policy = compile_policy(load_case(case))
     documents = list(yaml.safe_load_all(generate(case)))
-    filters = [doc for doc in documents if doc["kind"] == "EnvoyFilter"]
+    filters = _envoy_filters(documents, "meshgen.grpc_model_guard")
     envoy_filters = yaml.safe_load(envoy_output(policy))
     delegated = [f for f in envoy_filters if f["name"] == "meshgen.grpc_model_guard"]
     assert len(filters) == len(delegated) <= 1
     for envoy_filter, wrapper in zip(filters, delegated, strict=True):
         [patch] = envoy_filter["spec"]["configPatches"]
         assert patch["patch"]["value"] == wrapper["typed_config"]["extension_config"]
-        assert patch["match"]["listener"]["portNumber"] == policy.port("grpc")
-        assert envoy_filter["spec"]["workloadSelector"]["labels"] == dict(policy.selector)
-        assert (patch["applyTo"], patch["patch"]["operation"]) == ("HTTP_FILTER", "INSERT_BEFORE")
-        assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.rbac"
+        _assert_inserted_before_rbac(envoy_filter, policy.port("grpc"), dict(policy.selector))
+
+
+def test_the_openai_model_reader_is_the_envoy_targets_json_filter(case: str) -> None:
+    """One JSON reader: the json_to_metadata filter Istio's sidecar runs on the OpenAI port is the Envoy
+    target's (run on the real Envoy by the conformance suites), present exactly where a rule limits the
+    OpenAI inference routes to models; every EnvoyFilter is the guard or this reader."""
+    policy = compile_policy(load_case(case))
+    documents = list(yaml.safe_load_all(generate(case)))
+    readers = _envoy_filters(documents, JSON_FILTER)
+    guards = _envoy_filters(documents, "meshgen.grpc_model_guard")
+    assert len(readers) + len(guards) == sum(doc["kind"] == "EnvoyFilter" for doc in documents)
+    envoy_filters = yaml.safe_load(envoy_output(policy))
+    delegated = [f for f in envoy_filters if f["name"] == JSON_FILTER]
+    assert len(readers) == len(delegated) == (1 if body_limited(policy) else 0)
+    for envoy_filter, wrapper in zip(readers, delegated, strict=True):
+        [patch] = envoy_filter["spec"]["configPatches"]
+        assert patch["patch"]["value"] == wrapper["typed_config"]["extension_config"]
+        assert envoy_filter["metadata"]["name"] == f"{policy.name}-openai-model-reader"
+        _assert_inserted_before_rbac(envoy_filter, policy.port("openai"), dict(policy.selector))
 
 
 def test_ports_in_the_matrix_cannot_cross() -> None:

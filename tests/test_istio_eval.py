@@ -400,8 +400,10 @@ def test_unsupported_when_keys_raise(key: str, error: type[ValueError]) -> None:
 
 
 GUARD = "envoy.filters.http.meshgen_grpc"
+JSON_READER = "envoy.filters.http.json_to_metadata"  # the OpenAI body reader's namespace
 
 
+@pytest.mark.parametrize("namespace", [GUARD, JSON_READER])
 @pytest.mark.parametrize(
     ("values", "not_values", "metadata", "matches"),
     [
@@ -418,10 +420,16 @@ GUARD = "envoy.filters.http.meshgen_grpc"
     ],
 )
 def test_experimental_filter_metadata_conditions(
-    values: list[str] | None, not_values: list[str] | None, metadata: dict[str, dict[str, str]], matches: bool
+    namespace: str,
+    values: list[str] | None,
+    not_values: list[str] | None,
+    metadata: dict[str, dict[str, str]],
+    matches: bool,
 ) -> None:
-    """istiod's envoyFilterGenerator: experimental.envoy.filters.a.b[c] = metadata c of filter envoy.filters.a.b."""
-    rule = when(f"experimental.{GUARD}[model]", values, not_values)
+    """istiod's envoyFilterGenerator: experimental.envoy.filters.a.b[c] = metadata c of filter envoy.filters.a.b
+    (also for a filter name with underscores, json_to_metadata's)."""
+    rule = when(f"experimental.{namespace}[model]", values, not_values)
+    metadata = {namespace if name == GUARD else name: keys for name, keys in metadata.items()}
     assert rule_matches(rule, req(metadata=metadata)) is matches
 
 

@@ -25,9 +25,20 @@ from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test_dropin, 
 from tests.support.targets import NGINX as NGINX_TARGET
 from tests.support.targets import nginx_output, port_addresses
 
-# Addresses for every case (the same as the golden specs' standalone sections).
-GOLDEN_LISTEN = {"http": "127.0.0.1:18080", "grpc": "127.0.0.1:18081", "metrics": "127.0.0.1:18082"}
-GOLDEN_UPSTREAM = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001", "metrics": "127.0.0.1:8002"}
+# Addresses for every case (the same as the golden specs' standalone sections); openai only for the
+# cases that serve it (_served).
+GOLDEN_LISTEN = {
+    "http": "127.0.0.1:18080",
+    "grpc": "127.0.0.1:18081",
+    "metrics": "127.0.0.1:18082",
+    "openai": "127.0.0.1:19090",
+}
+GOLDEN_UPSTREAM = {
+    "http": "127.0.0.1:8000",
+    "grpc": "127.0.0.1:8001",
+    "metrics": "127.0.0.1:8002",
+    "openai": "127.0.0.1:9000",
+}
 
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
 
@@ -36,8 +47,14 @@ def _policy(case: str) -> Policy:
     return compile_policy(load_case(case))
 
 
+def _served(addresses: dict[str, str], policy: Policy) -> dict[str, str]:
+    return {port: address for port, address in addresses.items() if port in policy.ports.served}
+
+
 def _generate(case: str, **kwargs: object) -> str:
-    return nginx_output(_policy(case), listen=GOLDEN_LISTEN, upstream=GOLDEN_UPSTREAM, **kwargs)  # type: ignore[arg-type]
+    policy = _policy(case)
+    listen, upstream = _served(GOLDEN_LISTEN, policy), _served(GOLDEN_UPSTREAM, policy)
+    return nginx_output(policy, listen=listen, upstream=upstream, **kwargs)  # type: ignore[arg-type]
 
 
 EXPRESSIBLE = cases_generated_by("nginx.conf")  # the cases nginx does not refuse
@@ -95,7 +112,9 @@ def test_full_config_parses_with_crossplane(case: str, tmp_path: Path) -> None:
     directives = _directives(payload["config"][0]["parsed"])
     names = [d["directive"] for d in directives]
     assert "limit_except" not in names, "limit_except GET lets HEAD through"
-    assert sum(1 for d in directives if d["directive"] == "server" and "block" in d) == 3
+    # One server per port the spec serves (the OpenAI frontend's too, where it does).
+    servers = sum(1 for d in directives if d["directive"] == "server" and "block" in d)
+    assert servers == len(_policy(case).ports.served)
     assert "daemon" in names and "realip" not in " ".join(map(str, names))
     for directive in directives:
         if directive["directive"] == "if":
@@ -128,7 +147,13 @@ def test_every_location_denies_or_checks_the_method() -> None:
     policy = _policy("deny-allow-overlap")
     lowered = lower(policy, "nginx", NGINX_TARGET.capabilities(policy, NGINX_TARGET.options_type())).policy
     context = nginx.build_context(
-        lowered, proxy_ports(lowered, "nginx", port_addresses(GOLDEN_LISTEN), port_addresses(GOLDEN_UPSTREAM))
+        lowered,
+        proxy_ports(
+            lowered,
+            "nginx",
+            port_addresses(_served(GOLDEN_LISTEN, lowered)),
+            port_addresses(_served(GOLDEN_UPSTREAM, lowered)),
+        ),
     )
     for server in context["servers"]:
         for location in server["locations"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import posixpath
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,10 +24,19 @@ from meshgen.catalog import load_catalog
 from meshgen.features import Feature
 from meshgen.policy import Identity, Request, compile_policy, decide
 from meshgen.spec import LoadedSpec, Spec
-from tests.support.backend import Backend, grpc_call_on
+from tests.support.backend import REQUEST_ID_HEADER, Backend, grpc_call_on, unlike_sent
 from tests.support.goldens import cases_generated_by, load_case
 from tests.support.h2client import GRPC_HEADERS, grpc_frame, h2_request, refused_by_proxy
-from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, grpc_message, loopback_variant
+from tests.support.matrix import (
+    JSON,
+    LOOPBACK_OUTSIDER_IP,
+    full_matrix,
+    grpc_message,
+    json_request,
+    loopback_variant,
+    sent_body,
+    served_ports,
+)
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
@@ -63,7 +73,7 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
     spec = loopback_variant(loaded.spec)
     policy = compile_policy(LoadedSpec(spec, loaded.source))
     with Backend() as backend:
-        ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+        ports = {name: free_port() for name in served_ports(spec)}
         text = nginx_output(
             policy,
             full=True,
@@ -71,9 +81,7 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
             prefix=None,
             listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
             upstream={
-                "http": f"127.0.0.1:{backend.http_port}",
-                "grpc": f"127.0.0.1:{backend.grpc_port}",
-                "metrics": f"127.0.0.1:{backend.http_port}",
+                name: f"127.0.0.1:{backend.grpc_port if name == 'grpc' else backend.http_port}" for name in ports
             },
         )
         with NginxProcess(text, list(ports.values())):
@@ -81,8 +89,14 @@ def start_proxy(loaded: LoadedSpec) -> Iterator[Proxy]:
 
 
 def http_status(
-    proxy: Proxy, request: Request, port: str | None = None, headers: list[tuple[str, str]] | None = None
+    proxy: Proxy,
+    request: Request,
+    port: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    request_id: str | None = None,
 ) -> int:
+    """Send ``request`` with its body (the matrix's for a JSON body route, else ``{}`` for POST, PUT and
+    PATCH), tagged with ``request_id`` if given; nginx's status."""
     identity = request.identity
     connection = http.client.HTTPConnection(
         "127.0.0.1",
@@ -94,9 +108,12 @@ def http_status(
         connection.putrequest(request.method, request.path, skip_accept_encoding=True)
         for name, value in headers if headers is not None else identity.headers.items():
             connection.putheader(name, value)
-        body = b"{}" if request.method in ("POST", "PUT", "PATCH") else b""
-        if body:
-            connection.putheader("Content-Type", "application/json")
+        if request_id is not None:
+            connection.putheader(REQUEST_ID_HEADER, request_id)
+        extra, body = request_body(request)
+        for name, value in extra.items():
+            connection.putheader(name, value)
+        if body is not None:
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body or None)
         response = connection.getresponse()
@@ -104,6 +121,15 @@ def http_status(
         return response.status
     finally:
         connection.close()
+
+
+def request_body(request: Request) -> tuple[dict[str, str], bytes | None]:
+    """(headers, body) ``http_status`` sends: the matrix's own for a request with a body, else ``{}``
+    as JSON for POST, PUT and PATCH, and none otherwise."""
+    headers, body = sent_body(request)
+    if body is None and request.method in ("POST", "PUT", "PATCH"):
+        return {"Content-Type": JSON}, b"{}"
+    return headers, body
 
 
 def test_matrix_matches_decide(proxy: Proxy) -> None:
@@ -135,7 +161,8 @@ def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int
         if request.protocol == "grpc":
             grpc_requests.setdefault(request.identity.source_ip or "127.0.0.1", []).append((label, request))
             continue
-        status = http_status(proxy, request)
+        request_id = uuid.uuid4().hex
+        status = http_status(proxy, request, request_id=request_id)
         # 400: refused by nginx's request parser (a method name with lower-case letters) or its raw-path guard.
         if status not in (400, 403) and not 200 <= status < 300:
             mismatches.append(f"{label}: unexpected HTTP {status}")
@@ -144,6 +171,11 @@ def run_matrix(proxy: Proxy, matrix: Iterable[tuple[str, Request]]) -> tuple[int
                 f"{label}: nginx {'allowed' if 200 <= status < 300 else f'refused ({status})'}, decide() "
                 f"{'allows' if expected else 'denies'}"
             )
+        elif 200 <= status < 300:
+            headers, body = request_body(request)
+            problem = unlike_sent(proxy.backend.received_for(request_id), headers, body)
+            if problem is not None:
+                mismatches.append(f"{label}: allowed, but {problem}")
     for source_ip, calls in grpc_requests.items():
         with (
             SourceRelay("127.0.0.1", proxy.ports["grpc"], source_ip) as relay,
@@ -207,18 +239,30 @@ def _variants(path: str) -> list[str]:
     ]
 
 
-def _probe_targets(spec: Spec) -> list[tuple[str, str]]:
-    """(method, path) pairs that some identity of the matrix is denied on the http/metrics ports."""
+def _probe_targets(spec: Spec) -> list[tuple[str, str, str]]:
+    """(port, method, path) that some identity of the matrix is denied on the http port, and on the
+    OpenAI frontend's port where the spec serves it."""
     targets = [
-        ("POST", "/v2/repository/models/simple/load"),
-        ("GET", "/v2/models/stats"),
-        ("GET", "/v2/logging"),
-        ("POST", "/v2/models/protected/infer"),
-        ("POST", "/v2/repository/models/protected/load"),
-        ("GET", "/v2/models/unlisted_model"),
-        ("GET", "/v2/health/live"),
-        ("GET", "/v2/systemsharedmemory/status"),
+        ("http", "POST", "/v2/repository/models/simple/load"),
+        ("http", "GET", "/v2/models/stats"),
+        ("http", "GET", "/v2/logging"),
+        ("http", "POST", "/v2/models/protected/infer"),
+        ("http", "POST", "/v2/repository/models/protected/load"),
+        ("http", "GET", "/v2/models/unlisted_model"),
+        ("http", "GET", "/v2/health/live"),
+        ("http", "GET", "/v2/systemsharedmemory/status"),
     ]
+    if "openai" in served_ports(spec):
+        listed = sorted({model for rule in spec.rules for model in rule.models or ()})
+        targets += [
+            ("openai", "GET", "/v1/models"),
+            ("openai", "GET", "/v1/models/unlisted_model"),
+            ("openai", "POST", "/v1/models/unlisted_model/load"),
+            *(("openai", "POST", f"/v1/models/{model}/unload") for model in listed[:2]),
+            ("openai", "POST", "/v1/chat/completions"),
+            ("openai", "GET", "/health/ready"),
+            ("openai", "GET", "/metrics"),
+        ]
     return targets
 
 
@@ -233,20 +277,21 @@ def _identities(spec: Spec) -> list[Identity]:
 def test_path_bypass_probes(proxy: Proxy) -> None:
     failures: list[str] = []
     for identity in _identities(proxy.spec):
-        for method, path in _probe_targets(proxy.spec):
-            canonical_allowed = decide(proxy.spec, Request("http", method, path, identity), proxy.enforced).allowed
+        for port, method, path in _probe_targets(proxy.spec):
+            canonical = Request(port, method, path, identity)  # type: ignore[arg-type]
+            canonical_allowed = decide(proxy.spec, canonical, proxy.enforced).allowed
             for probe in _variants(path):
                 before = len(proxy.backend.http_seen)
-                status = http_status(proxy, Request("http", method, probe, identity))
+                status = http_status(proxy, Request(port, method, probe, identity))  # type: ignore[arg-type]
                 reached = proxy.backend.http_seen[before:]
-                who = f"{method} {probe!r} from {identity.source_ip} {dict(identity.headers)}"
+                who = f"{port} {method} {probe!r} from {identity.source_ip} {dict(identity.headers)}"
                 if any(marker in probe.split("?", 1)[0] for marker in NON_CANONICAL) or "#" in probe:
                     # Triton may decode or normalize these: they must never reach it. nginx's raw-path
                     # guard answers 400 (docs/spec.md, non-canonical paths).
                     if status != 400 or reached:
                         failures.append(f"{who}: non-canonical path got {status} (not 400), backend saw {reached}")
                     continue
-                expected = decide(proxy.spec, Request("http", method, probe, identity), proxy.enforced).allowed
+                expected = decide(proxy.spec, Request(port, method, probe, identity), proxy.enforced).allowed  # type: ignore[arg-type]
                 if (200 <= status < 300) != expected:
                     failures.append(f"{who}: HTTP {status}, decide() {'allows' if expected else 'denies'}")
                 if not canonical_allowed and any(_normalized(r.split(" ", 1)[1]) == path for r in reached):
@@ -350,17 +395,23 @@ def _case_variant_matrix(spec: Spec) -> Iterator[tuple[str, Request]]:
         for label, request in full_matrix(spec, LOOPBACK_OUTSIDER_IP)
         if request.protocol == "http" and request.method == "GET" and request.path == "/v2"
     ]
+    ports = served_ports(spec)
     for endpoint in load_catalog().http:
-        if not endpoint.model_scoped:
+        if not endpoint.model_scoped or endpoint.port not in ports:
             continue
         for model in listed:
             for spelling in dict.fromkeys([model, model.upper(), model.swapcase(), model.capitalize()]):
-                path = endpoint.template.replace("{model}", spelling).replace("{version}", "3")
-                path = path.replace("{repo}", "repo0")
-                for method in endpoint.methods:
-                    for label, identity in people:
+                for label, identity in people:
+                    who = label.rsplit(" as ", 1)[1]
+                    if endpoint.body_model:  # the model is the JSON body's
+                        request = json_request(endpoint.port, endpoint.template, spelling, identity)
+                        yield f"{endpoint.port} POST {endpoint.template} [model={spelling!r}] as {who}", request
+                        continue
+                    path = endpoint.template.replace("{model}", spelling).replace("{version}", "3")
+                    path = path.replace("{repo}", "repo0")
+                    for method in endpoint.methods:
                         yield (
-                            f"{endpoint.port} {method} {path} as {label.rsplit(' as ', 1)[1]}",
+                            f"{endpoint.port} {method} {path} as {who}",
                             Request(endpoint.port, method, path, identity),
                         )
 

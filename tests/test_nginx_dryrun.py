@@ -20,7 +20,7 @@ from meshgen.policy import Request, compile_policy, decide
 from meshgen.spec import LoadedSpec
 from tests.support.backend import Backend, grpc_call_on
 from tests.support.goldens import cases_generated_by, load_case
-from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, grpc_message, loopback_variant
+from tests.support.matrix import LOOPBACK_OUTSIDER_IP, full_matrix, grpc_message, loopback_variant, served_ports
 from tests.support.nginx_process import NGINX, NginxProcess
 from tests.support.processes import free_port
 from tests.support.relay import SourceRelay
@@ -47,7 +47,7 @@ def dry_run(request: pytest.FixtureRequest) -> Iterator[DryRunProxy]:
     spec = loopback_variant(loaded.spec)
     policy = compile_policy(LoadedSpec(spec, loaded.source))
     with Backend() as backend:
-        ports = {name: free_port() for name in ("http", "grpc", "metrics")}
+        ports = {name: free_port() for name in served_ports(spec)}
         text = nginx_output(
             policy,
             full=True,
@@ -56,9 +56,7 @@ def dry_run(request: pytest.FixtureRequest) -> Iterator[DryRunProxy]:
             dry_run=True,
             listen={name: f"127.0.0.1:{port}" for name, port in ports.items()},
             upstream={
-                "http": f"127.0.0.1:{backend.http_port}",
-                "grpc": f"127.0.0.1:{backend.grpc_port}",
-                "metrics": f"127.0.0.1:{backend.http_port}",
+                name: f"127.0.0.1:{backend.grpc_port if name == 'grpc' else backend.http_port}" for name in ports
             },
         )
         with NginxProcess(text, list(ports.values())) as process:

@@ -40,10 +40,15 @@ from tests.support.matrix import (
     EXTRA_PATHS,
     HTTP_METHODS,
     LOOPBACK_OUTSIDER_IP,
+    OPENAI_EXTRA_PATHS,
     OUTSIDER_IP,
     RARE_METHODS,
     UNLISTED_MODEL,
+    BodyRequest,
+    http_ports,
     identities,
+    json_bodies,
+    json_request,
 )
 from tests.support.nginx_process import NGINX, nginx_prefix, nginx_test
 from tests.support.pki import TestCA
@@ -56,8 +61,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:The recursion limit will not be 
 
 WORKERS = max(2, os.cpu_count() or 2)
 # Validation only parses: these addresses are never bound.
-LISTEN = {"http": "127.0.0.1:18080", "grpc": "127.0.0.1:18081", "metrics": "127.0.0.1:18082"}
-UPSTREAM = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001", "metrics": "127.0.0.1:8002"}
+LISTEN = {
+    "http": "127.0.0.1:18080",
+    "grpc": "127.0.0.1:18081",
+    "metrics": "127.0.0.1:18082",
+    "openai": "127.0.0.1:19090",
+}
+UPSTREAM = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001", "metrics": "127.0.0.1:8002", "openai": "127.0.0.1:9000"}
 NEAR_MISS_MODELS = (UNLISTED_MODEL, "stats", "Resnet50")
 ALL_METHODS = (*HTTP_METHODS, *RARE_METHODS)
 
@@ -85,9 +95,13 @@ def property_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[tuple[st
     Per (endpoint, identity): the endpoint's own methods plus one other method, on one listed model and
     one near-miss model (unlisted, ``stats``, wrong case), rotated over identities and endpoints so that
     across one spec every method and model meets every endpoint kind. The endpoint's path is also sent
-    to the other HTTP port. gRPC: every method for every identity.
+    to the other HTTP port (and to the OpenAI frontend's, where the spec serves it). A JSON body route
+    (the OpenAI inference routes) names the models in its body instead, and also gets one body whose
+    model a proxy cannot read (rotated over the matrix's unreadable bodies). gRPC: every method for
+    every identity. Only the ports the spec serves.
     """
     listed = sorted({model for rule in spec.rules for model in rule.models or ()})
+    served = http_ports(spec)
     matrix: list[tuple[str, Request]] = []
     for person_index, person in enumerate(identities(spec, outsider_ip)):
 
@@ -96,6 +110,8 @@ def property_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[tuple[st
             matrix.append((label, Request(port, method, path, who.identity, body_model=body)))  # type: ignore[arg-type]
 
         for endpoint_index, endpoint in enumerate(load_catalog().http):
+            if endpoint.port not in served:
+                continue
             turn = person_index + endpoint_index
             models = [NEAR_MISS_MODELS[turn % len(NEAR_MISS_MODELS)]]
             if listed:
@@ -105,17 +121,32 @@ def property_matrix(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[tuple[st
                 for step in range(len(ALL_METHODS))
                 if (m := ALL_METHODS[(turn + step) % len(ALL_METHODS)]) not in endpoint.methods
             )
-            for model in models if endpoint.model_scoped else [""]:
-                path = endpoint.template.replace("{model}", model).replace("{version}", "1")
-                path = path.replace("{region}", "r0").replace("{repo}", "repo0")
-                for method in (*endpoint.methods, other_method):
-                    add(endpoint.port, method, path)
+            if endpoint.body_model:
+                path = endpoint.template
+                for model in models:
+                    request = json_request(endpoint.port, path, model, person.identity)
+                    matrix.append((f"{endpoint.port} POST {path} [model={model!r}] as {person.label}", request))
+                unreadable = [b for b in json_bodies(spec, path) if not b[2]]
+                label, content_type, body_model, payload = unreadable[turn % len(unreadable)]
+                request = BodyRequest(
+                    endpoint.port, "POST", path, person.identity, body_model, content_type=content_type, body=payload
+                )
+                matrix.append((f"{endpoint.port} POST {path} [{label}] as {person.label}", request))
+                add(endpoint.port, other_method, path)
+            else:
+                for model in models if endpoint.model_scoped else [""]:
+                    path = endpoint.template.replace("{model}", model).replace("{version}", "1")
+                    path = path.replace("{region}", "r0").replace("{repo}", "repo0")
+                    for method in (*endpoint.methods, other_method):
+                        add(endpoint.port, method, path)
             # The same path on the other HTTP port must never borrow this port's grants.
-            add("metrics" if endpoint.port == "http" else "http", endpoint.methods[0], path)
-        for port in ("http", "metrics"):
-            for path_index, path in enumerate(EXTRA_PATHS):
+            for other in {"http": ("metrics", "openai"), "metrics": ("http",), "openai": ("http",)}[endpoint.port]:
+                if other in served:
+                    add(other, endpoint.methods[0], path)
+        for port in served:
+            for path_index, path in enumerate(OPENAI_EXTRA_PATHS if port == "openai" else EXTRA_PATHS):
                 add(port, HTTP_METHODS[(person_index + path_index) % len(HTTP_METHODS)], path)
-            add(port, "GET", "/v2/health/live?q=1")
+            add(port, "GET", f"{'/health/ready' if port == 'openai' else '/v2/health/live'}?q=1")
         for method_index, grpc_method in enumerate(load_catalog().grpc):
             # Model-scoped methods name a listed model, a near miss, or one the guard cannot prove (None).
             turn = person_index + method_index
@@ -227,9 +258,19 @@ def with_tls(loaded: LoadedSpec, tls: Tls) -> LoadedSpec:
     return LoadedSpec(spec, loaded.source)
 
 
+def served(addresses: dict[str, str], policy: Policy) -> dict[str, str]:
+    """The addresses of the ports the policy's spec serves (openai only where it sets workload.ports.openai)."""
+    return {port: addresses[port] for port in policy.ports.served}
+
+
 def bootstrap(policy: Policy, dry_run: bool) -> str:
     return envoy_output(
-        policy, bootstrap=True, listen=LISTEN, upstream=UPSTREAM, admin="127.0.0.1:19901", dry_run=dry_run
+        policy,
+        bootstrap=True,
+        listen=served(LISTEN, policy),
+        upstream=served(UPSTREAM, policy),
+        admin="127.0.0.1:19901",
+        dry_run=dry_run,
     )
 
 
@@ -296,9 +337,15 @@ def test_nginx_full_config_passes_nginx_t_or_is_refused_as_documented(tmp_path_f
     def generate_configs(generated: GeneratedSpec) -> None:
         loaded = generated.load()
         documented = nginx_refusals(loaded.spec)
+        policy = compile_policy(loaded)
         try:
             text = nginx_output(
-                compile_policy(loaded), full=True, daemon=False, prefix=None, listen=LISTEN, upstream=UPSTREAM
+                policy,
+                full=True,
+                daemon=False,
+                prefix=None,
+                listen=served(LISTEN, policy),
+                upstream=served(UPSTREAM, policy),
             )
         except TargetError as error:
             assert_refused_as_documented(error, documented, generated.to_yaml())
@@ -386,6 +433,12 @@ def test_generated_specs_are_valid_and_varied() -> None:
             seen.add("portOverrides")
         if any(":" in block for c in spec.clients.values() for block in c.ip_blocks or ()):
             seen.add("ipv6")
+        if spec.workload.ports.openai is not None:
+            seen.add("openai")
+            if any(m for rule in spec.rules if "inference" in rule.categories for m in rule.models or ()):
+                seen.add("openai-models")
+        if any(isinstance(key, str) and key == "openai" for key in spec.mtls.port_overrides):
+            seen.add("portOverrides:openai")
 
     observe()
     wanted = {
@@ -402,6 +455,9 @@ def test_generated_specs_are_valid_and_varied() -> None:
         "env",
         "portOverrides",
         "ipv6",
+        "openai",
+        "openai-models",
+        "portOverrides:openai",
         "mtls:STRICT",
         "mtls:PERMISSIVE",
         "mtls:DISABLE",
@@ -409,15 +465,30 @@ def test_generated_specs_are_valid_and_varied() -> None:
     assert wanted <= seen, wanted - seen
 
 
-def test_property_matrix_covers_every_endpoint_and_identity() -> None:
-    spec = load_case("identity-kinds").spec
+@pytest.mark.parametrize(("case", "openai"), [("identity-kinds", False), ("identity-kinds", True), ("per-model", True)])
+def test_property_matrix_covers_every_endpoint_and_identity(case: str, openai: bool) -> None:
+    """Every endpoint of every served port, for every identity; the OpenAI port only where served, its
+    JSON body routes with bodies naming listed models, near misses, and unreadable ones."""
+    spec = load_case(case).spec
+    if openai:
+        ports = spec.workload.ports.model_copy(update={"openai": 9000})
+        spec = spec.model_copy(update={"workload": spec.workload.model_copy(update={"ports": ports})})
     matrix = property_matrix(spec)
     assert {label.split(" as ", 1)[1] for label, _ in matrix} == {person.label for person in identities(spec)}
     grpc_paths = {request.path for _, request in matrix if request.protocol == "grpc"}
     assert grpc_paths == {m.path for m in load_catalog().grpc} | set(EXTRA_GRPC)
+    assert any(request.protocol == "openai" for _, request in matrix) == openai
     for endpoint in load_catalog().http:
+        if endpoint.port == "openai" and not openai:
+            continue
         assert any(
             request.protocol == endpoint.port
             and endpoint.match(tuple(request.path.split("?")[0].split("/")[1:])) is not False
             for _, request in matrix
         ), endpoint.template
+    bodies = [request.body_model for _, request in matrix if isinstance(request, BodyRequest)]
+    assert (len(bodies) > 0) == openai
+    if openai:
+        listed = {model for rule in spec.rules for model in rule.models or ()}
+        assert set(bodies) - listed - {None, ""} and None in bodies
+        assert bool(listed & set(bodies)) == bool(listed)

@@ -29,7 +29,7 @@ Category = Literal[
 CATEGORIES: tuple[Category, ...] = get_args(Category)
 
 VARIABLES = frozenset({"{model}", "{version}", "{region}", "{repo}"})
-HttpPort = Literal["http", "metrics"]
+HttpPort = Literal["http", "metrics", "openai"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,12 @@ class HttpEndpoint:
     segments: tuple[str, ...]
     # Literal catalog paths this template also matches but Triton routes elsewhere (exact routes win).
     shadowed: tuple[str, ...] = ()
+    # The model is the JSON body's top-level "model" (the OpenAI frontend's inference routes).
+    body_model: bool = False
 
     @property
     def model_scoped(self) -> bool:
-        return "{model}" in self.segments
+        return "{model}" in self.segments or self.body_model
 
     def pattern(self, model: str | None = None) -> tuple[str, ...]:
         """Segments with ``{model}`` bound to ``model`` (or any segment) and other variables any segment."""
@@ -99,7 +101,7 @@ class HttpMatch:
 class Catalog:
     http: tuple[HttpEndpoint, ...]
     grpc: tuple[GrpcMethod, ...]
-    _literal_paths: Mapping[str, HttpEndpoint] = field(repr=False, compare=False)
+    _literal_paths: Mapping[tuple[HttpPort, str], HttpEndpoint] = field(repr=False, compare=False)
 
     def http_endpoints(self, category: str) -> tuple[HttpEndpoint, ...]:
         return tuple(e for e in self.http if e.category == category)
@@ -112,9 +114,9 @@ class Catalog:
 
     def match_http(self, port: HttpPort, path: str) -> HttpMatch | None:
         """The endpoint Triton would route ``path`` to on ``port`` (query already removed)."""
-        literal = self._literal_paths.get(path)
+        literal = self._literal_paths.get((port, path))
         if literal is not None:
-            return HttpMatch(literal, None) if literal.port == port else None
+            return HttpMatch(literal, None)
         if not path.startswith("/"):
             return None
         segments = tuple(path[1:].split("/"))
@@ -148,12 +150,21 @@ def load_catalog() -> Catalog:
         entry = raw["categories"][category]
         port: HttpPort = entry.get("port", "http")
         for item in entry["http"]:
-            http.append(HttpEndpoint(category, port, tuple(item["methods"]), item["path"], _segments(item["path"])))
+            http.append(
+                HttpEndpoint(
+                    category,
+                    item.get("port", port),
+                    tuple(item["methods"]),
+                    item["path"],
+                    _segments(item["path"]),
+                    body_model=bool(item.get("body_model", False)),
+                )
+            )
         for item in entry["grpc"]:
             grpc.append(
                 GrpcMethod(category, item["method"], item.get("model_field"), bool(item.get("streaming", False)))
             )
-    literal = {e.template: e for e in http if not any(s in VARIABLES for s in e.segments)}
+    literal = {(e.port, e.template): e for e in http if not any(s in VARIABLES for s in e.segments)}
     http = [
         HttpEndpoint(
             e.category,
@@ -163,11 +174,12 @@ def load_catalog() -> Catalog:
             e.segments,
             tuple(
                 p
-                for p, other in literal.items()
+                for (_, p), other in literal.items()
                 if other.port == e.port and e.match(_segments(p)) is not False and other is not e
             ),
+            e.body_model,
         )
         for e in http
     ]
-    literal = {e.template: e for e in http if not any(s in VARIABLES for s in e.segments)}
+    literal = {(e.port, e.template): e for e in http if not any(s in VARIABLES for s in e.segments)}
     return Catalog(tuple(http), tuple(grpc), literal)

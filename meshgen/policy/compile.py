@@ -7,7 +7,9 @@ cannot) is not decided here but by the target's capability table (meshgen/target
 
 from __future__ import annotations
 
-from meshgen.address import PORT_NAMES, PortAddresses, parse_address
+from collections.abc import Collection
+
+from meshgen.address import PORT_NAMES, PortAddresses, PortName, parse_address
 from meshgen.catalog import GrpcMethod, HttpEndpoint, load_catalog
 from meshgen.errors import CompileWarning
 from meshgen.jwks import KeySet, parse_jwks
@@ -44,8 +46,9 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
     clients = {name: client_identity(loaded, name, client) for name, client in spec.clients.items()}
     rules: list[PolicyRule] = []
     warnings: list[CompileWarning] = []
+    served = frozenset(spec.workload.ports.served())
     for index, rule in enumerate(spec.rules):
-        http, grpc = rule_grants(rule)
+        http, grpc = rule_grants(rule, served)
         who = None if rule.from_ == "anyone" else tuple(clients[name] for name in rule.from_)
         rules.append(PolicyRule(index, rule.action, who, http, grpc, loaded.location("rules", index)))
         streams = withheld_streams(rule)
@@ -70,7 +73,7 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
     ports = spec.workload.ports
     port_mtls = sorted(
         (
-            PortMtls(ports.by_name(key) if isinstance(key, str) else key, mode)
+            PortMtls(ports.served()[key] if isinstance(key, str) else key, mode)
             for key, mode in spec.mtls.port_overrides.items()
         ),
         key=lambda item: item.port,
@@ -79,7 +82,7 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         name=spec.metadata.name,
         namespace=spec.metadata.namespace,
         selector=tuple(spec.workload.selector.items()),
-        ports=WorkloadPorts(ports.http, ports.grpc, ports.metrics),
+        ports=WorkloadPorts(ports.http, ports.grpc, ports.metrics, ports.openai),
         mtls_mode=spec.mtls.mode,
         port_mtls=tuple(port_mtls),
         clients=tuple(clients.values()),
@@ -143,7 +146,7 @@ def client_identity(loaded: LoadedSpec, name: str, client: Client) -> ClientIden
     return ClientIdentity(name, tuple(kinds), loaded.location("clients", name))
 
 
-def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...]]:
+def rule_grants(rule: Rule, served: Collection[PortName]) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...]]:
     """(HTTP grants, gRPC grants) of one rule, in catalog order, each limited to the rule's models.
 
     A rule with ``models`` covers only the model-scoped endpoints and methods of its categories;
@@ -157,7 +160,7 @@ def rule_grants(rule: Rule) -> tuple[tuple[HttpGrant, ...], tuple[GrpcGrant, ...
     grpc: list[GrpcGrant] = []
     for category in rule.categories:
         for endpoint in catalog.http_endpoints(category):
-            if _covers(endpoint, models):
+            if endpoint.port in served and _covers(endpoint, models):
                 http.append(HttpGrant(endpoint, models if endpoint.model_scoped else None))
         for method in catalog.grpc_methods(category):
             if models is None:
@@ -199,6 +202,5 @@ def standalone_settings(standalone: Standalone | None) -> StandaloneSettings:
 
 def port_addresses(addresses: Addresses) -> PortAddresses:
     # The spec validated each address with the same parser: this cannot fail.
-    values = {"http": addresses.http, "grpc": addresses.grpc, "metrics": addresses.metrics}
-    parsed = {port: parse_address(value) if value is not None else None for port, value in values.items()}
-    return PortAddresses(**{port: parsed[port] for port in PORT_NAMES})
+    values = {"http": addresses.http, "grpc": addresses.grpc, "metrics": addresses.metrics, "openai": addresses.openai}
+    return PortAddresses(*(parse_address(v) if (v := values[port]) is not None else None for port in PORT_NAMES))

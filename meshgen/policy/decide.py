@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from meshgen.jwks import KeySet
     from meshgen.policy.tokens import Provider
 
-Protocol = Literal["http", "grpc", "metrics"]
+Protocol = Literal["http", "grpc", "metrics", "openai"]
 GRPC_METHOD = "POST"
 
 
@@ -50,6 +50,9 @@ class Request:
     identity: Identity = Identity()
     # gRPC: the model the request message names, as protobuf parses it ("" when it names none);
     # None when a proxy reading the body cannot prove it (not one canonical, uncompressed message).
+    # OpenAI inference routes: the JSON body's top-level "model" as Python's json reads it; None (or
+    # "") when it cannot be read safely (not JSON, another content-type, missing, not a string, empty,
+    # compressed, over the limit).
     body_model: str | None = ""
 
 
@@ -84,15 +87,18 @@ def decide(
     spec: Spec, request: Request, enforced: Collection[Feature] = EVERY_FEATURE, now: float | None = None
 ) -> Decision:
     """``enforced``: what the deciding target can enforce (its capability table); by default everything,
-    i.e. what the spec means. Per-model gRPC needs ``Feature.PER_MODEL_GRPC`` and body inspection on.
+    i.e. what the spec means. Per-model gRPC needs ``Feature.PER_MODEL_GRPC`` and body inspection on;
+    per-model OpenAI inference ``Feature.PER_MODEL_JSON`` and body inspection on.
     ``now``: the time tokens are checked at (default: the current time)."""
     caller = _caller(spec, request.identity, enforced, time.time() if now is None else now)
     if isinstance(caller, Decision):
         return caller
-    target = _resolve(request)
+    target = _resolve(spec, request)
     if isinstance(target, str):
         return Decision(False, None, target)
-    reads_body = Feature.PER_MODEL_GRPC in enforced and spec.body_inspection.enabled
+    inspects = spec.body_inspection.enabled
+    feature = Feature.PER_MODEL_JSON if request.protocol == "openai" else Feature.PER_MODEL_GRPC
+    reads_body = feature in enforced and inspects
     for index, rule in enumerate(spec.rules):
         if rule.action == "deny" and _rule_matches(spec, rule, target, request, reads_body, caller):
             return Decision(False, index, f"denied by rules[{index}]")
@@ -158,9 +164,11 @@ def _key_set(jwks: str) -> KeySet:
     return parse_jwks(jwks)
 
 
-def _resolve(request: Request) -> HttpMatch | GrpcMethod | str:
+def _resolve(spec: Spec, request: Request) -> HttpMatch | GrpcMethod | str:
     """The catalog entry the request reaches, or why it reaches none."""
     catalog = load_catalog()
+    if request.protocol == "openai" and spec.workload.ports.openai is None:
+        return "the spec does not serve the openai port (workload.ports.openai)"
     if request.protocol == "grpc":
         method = catalog.match_grpc(request.path)
         if method is None:
@@ -203,6 +211,10 @@ def _rule_covers(rule: Rule, target: HttpMatch | GrpcMethod, request: Request, r
         return False
     if rule.models is None:
         return True
+    if target.endpoint.body_model:
+        if not reads_body or not request.body_model:
+            return rule.action == "deny"  # as for gRPC: unreadable, so no grant and every model denied
+        return request.body_model in rule.models
     return target.model is not None and target.model in rule.models
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, TypeVar
 
-from meshgen.address import PerPort, PortAddresses, PortName
+from meshgen.address import PORT_NAMES, PortAddresses, PortName
 from meshgen.catalog import GrpcMethod, HttpEndpoint
 from meshgen.errors import CompileWarning, SourceLocation
 from meshgen.features import Feature
@@ -48,6 +48,12 @@ class HttpGrant(_ModelLimited):
     endpoint: HttpEndpoint
     models: tuple[str, ...] | None
     narrowing: ClassVar[Feature] = Feature.PER_MODEL_HTTP
+
+    @property
+    def feature(self) -> Feature | None:
+        if self.models is None:
+            return None
+        return Feature.PER_MODEL_JSON if self.endpoint.body_model else Feature.PER_MODEL_HTTP
 
     @property
     def label(self) -> str:
@@ -102,8 +108,32 @@ class PolicyRule:
 # --- the workload and the runnable-proxy settings --------------------------------------------------------
 
 
-class WorkloadPorts(PerPort[int]):
-    """Triton's container ports."""
+@dataclass(frozen=True)
+class WorkloadPorts:
+    """Triton's container ports; ``openai`` only where the OpenAI-compatible frontend runs."""
+
+    http: int
+    grpc: int
+    metrics: int
+    openai: int | None = None
+
+    @property
+    def served(self) -> tuple[PortName, ...]:
+        """The ports Triton serves here, in PORT_NAMES order: every target loops over these."""
+        return tuple(name for name in PORT_NAMES if name != "openai" or self.openai is not None)
+
+    def get(self, port: PortName) -> int:
+        match port:
+            case "http":
+                return self.http
+            case "grpc":
+                return self.grpc
+            case "metrics":
+                return self.metrics
+            case "openai":
+                if self.openai is None:
+                    raise KeyError("the spec does not serve the openai port")
+                return self.openai
 
 
 @dataclass(frozen=True)

@@ -58,18 +58,14 @@ def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) ->
 
 
 def _check_port_overrides(spec: Spec, doc: SourceDocument) -> None:
-    ports = spec.workload.ports
-    known = {"http", "grpc", "metrics", ports.http, ports.grpc, ports.metrics}
+    served = spec.workload.ports.served()
     numbers: dict[int, str | int] = {}
     for key in spec.mtls.port_overrides:
         here = doc.location_of(("mtls", "portOverrides", key))
-        if key not in known:
-            raise SpecError(
-                f"mtls.portOverrides: {key!r} is not one of the workload's ports "
-                f"(http={ports.http}, grpc={ports.grpc}, metrics={ports.metrics})",
-                here,
-            )
-        number = ports.by_name(key) if isinstance(key, str) else key
+        if key not in served and key not in served.values():
+            listed = ", ".join(f"{name}={number}" for name, number in served.items())
+            raise SpecError(f"mtls.portOverrides: {key!r} is not one of the workload's ports ({listed})", here)
+        number = served[key] if isinstance(key, str) else key
         if number in numbers:
             raise SpecError(f"mtls.portOverrides: {key!r} and {numbers[number]!r} name the same port", here)
         numbers[number] = key

@@ -12,12 +12,12 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from meshgen.address import parse_address
 from meshgen.catalog.model import Category
 
-PortName = Literal["http", "grpc", "metrics"]
+PortName = Literal["http", "grpc", "metrics", "openai"]
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
 # Suffixes such as "-allow" must still fit a 63-character DNS-1123 label.
@@ -147,19 +147,24 @@ class Ports(Strict):
     http: Port = 8000
     grpc: Port = 8001
     metrics: Port = 8002
+    # Triton's OpenAI-compatible frontend (python/openai, default 9000): no default, set only where it runs.
+    openai: Port | None = None
 
-    @field_validator("metrics")
-    @classmethod
-    def _distinct(cls, metrics: int, info: object) -> int:
-        data = getattr(info, "data", {})
-        if metrics in (data.get("http"), data.get("grpc")) or (
-            data.get("http") is not None and data.get("http") == data.get("grpc")
-        ):
-            raise ValueError("http, grpc and metrics ports must differ")
-        return metrics
+    @model_validator(mode="after")
+    def _distinct(self) -> Ports:
+        numbers = [n for n in (self.http, self.grpc, self.metrics, self.openai) if n is not None]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("the http, grpc, metrics and openai ports must differ")
+        return self
 
-    def by_name(self, name: PortName) -> int:
-        return {"http": self.http, "grpc": self.grpc, "metrics": self.metrics}[name]
+    def by_name(self, name: PortName) -> int | None:
+        """The port's number; None for the openai port when the frontend does not run."""
+        return {"http": self.http, "grpc": self.grpc, "metrics": self.metrics, "openai": self.openai}[name]
+
+    def served(self) -> dict[PortName, int]:
+        """The ports Triton serves, by name."""
+        names: tuple[PortName, ...] = ("http", "grpc", "metrics", "openai")
+        return {name: number for name in names if (number := self.by_name(name)) is not None}
 
 
 class Workload(Strict):
@@ -263,6 +268,7 @@ class Addresses(Strict):
     http: Address | None = None
     grpc: Address | None = None
     metrics: Address | None = None
+    openai: Address | None = None
 
 
 class Standalone(Strict):

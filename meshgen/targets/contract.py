@@ -83,6 +83,11 @@ BODY_INSPECTION_OFF = Withheld(
     "in the request body",
     "set bodyInspection.enabled: true, or grpcAllModels: true to grant them for every model",
 )
+JSON_INSPECTION_OFF = Withheld(
+    "the spec switches body inspection off (bodyInspection.enabled: false), and the OpenAI frontend's "
+    "inference routes name the model in the JSON body",
+    "set bodyInspection.enabled: true, or grant those routes without models",
+)
 
 
 # --- options: frozen dataclasses whose fields carry their flags --------------------------------------
@@ -170,6 +175,9 @@ class OutputFile(Generic[Options]):
     options: Options
     kubernetes: bool = False  # a Kubernetes resource file: listed in kustomization.yaml
     optional: bool = False  # True: when the target refuses the spec, the bundle notes why and goes on
+    # Whether the spec has anything for this file at all (e.g. the OpenAI frontend's flags); if not, the
+    # bundle leaves it out silently.
+    applies_to: Callable[[Policy], bool] = field(default=lambda policy: True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -225,8 +233,11 @@ class Target(Generic[Options]):
     def effective_capabilities(self, policy: Policy, options: Options) -> Capabilities:
         """The table with the spec's own switches applied: body inspection off withholds what needs it."""
         table = self.capabilities(policy, options)
-        if not policy.body_inspection.enabled and isinstance(table[Feature.PER_MODEL_GRPC], Enforced):
-            table = {**table, Feature.PER_MODEL_GRPC: BODY_INSPECTION_OFF}
+        if not policy.body_inspection.enabled:
+            if isinstance(table[Feature.PER_MODEL_GRPC], Enforced):
+                table = {**table, Feature.PER_MODEL_GRPC: BODY_INSPECTION_OFF}
+            if isinstance(table[Feature.PER_MODEL_JSON], Enforced):
+                table = {**table, Feature.PER_MODEL_JSON: JSON_INSPECTION_OFF}
         return table
 
     def implementing_module(self) -> Implementation:

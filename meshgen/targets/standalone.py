@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshgen.address import PORT_NAMES, Address, PortAddresses, PortName
+from meshgen.address import Address, PortAddresses, PortName
 from meshgen.errors import TargetError
 from meshgen.policy.model import Policy
 
@@ -26,7 +26,7 @@ def proxy_ports(policy: Policy, target: str, listen: PortAddresses, upstream: Po
     listen = policy.standalone.listen.overridden_by(listen)
     upstream = policy.standalone.upstream.overridden_by(upstream)
     ports = []
-    for port in PORT_NAMES:
+    for port in policy.ports.served:
         listen_at, upstream_at = listen.get(port), upstream.get(port)
         if listen_at is None or upstream_at is None:
             missing = "listen" if listen_at is None else "upstream"

@@ -1,14 +1,16 @@
 """A stand-in Triton for proxy tests: every HTTP path and every gRPC method succeeds and is recorded.
 
 A proxy under test sits in front of it; whatever reaches the backend got through the proxy, so
-``http_seen`` / ``grpc_seen`` tell a bypass probe exactly what was let through.
+``http_seen`` / ``grpc_seen`` tell a bypass probe exactly what was let through, and ``http_received``
+what each HTTP request carried (headers and body: a proxy that reads a JSON body must pass it on intact).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,21 @@ import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 from tests.support.grpc_messages import parsed_model
 
 STREAM_SUFFIX = "ModelStreamInfer"  # Triton's only bidirectional-streaming method
+# A test may tag an HTTP request with this header to find what the backend received for it.
+REQUEST_ID_HEADER = "x-meshgen-test-request"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One HTTP request as it reached the backend."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes  # de-chunked
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
 
 
 class _RecordingHandler(BaseHTTPRequestHandler):
@@ -26,11 +43,26 @@ class _RecordingHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _RecordingServer
 
-    def _answer(self) -> None:
+    def _body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.record(f"{self.command} {self.path}", self.headers.get_all("Authorization") or [])
+        return self.rfile.read(length) if length else b""
+
+    def _answer(self) -> None:
+        body = self._body()
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        received = Received(self.command, self.path, headers, body)
+        self.server.record(f"{self.command} {self.path}", self.headers.get_all("Authorization") or [], received)
         body = b"ok"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -56,12 +88,18 @@ class _RecordingServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
         self.seen: list[str] = []
         self.authorization: list[str] = []  # every Authorization value that reached the backend
+        self.received: list[Received] = []
+        self.by_id: dict[str, Received] = {}
         self._lock = threading.Lock()
 
-    def record(self, entry: str, authorization: list[str]) -> None:
+    def record(self, entry: str, authorization: list[str], received: Received) -> None:
         with self._lock:
             self.seen.append(entry)
             self.authorization += authorization
+            self.received.append(received)
+            request_id = received.header(REQUEST_ID_HEADER)
+            if request_id is not None:
+                self.by_id[request_id] = received
 
 
 class _AnyMethodHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # untyped base
@@ -131,6 +169,16 @@ class Backend:
         return self._http.seen
 
     @property
+    def http_received(self) -> list[Received]:
+        """Every HTTP request that reached the backend (headers and body), in arrival order."""
+        return self._http.received
+
+    def received_for(self, request_id: str) -> Received | None:
+        """The HTTP request tagged ``REQUEST_ID_HEADER: request_id`` that reached the backend, if one did."""
+        with self._http._lock:
+            return self._http.by_id.get(request_id)
+
+    @property
     def authorization_seen(self) -> list[str]:
         """Every Authorization header (HTTP) and authorization metadata (gRPC) value that reached it."""
         return [*self._http.authorization, *self.grpc_authorization]
@@ -190,3 +238,16 @@ def grpc_call(
     )
     with channel:
         return grpc_call_on(channel, method_path, metadata, timeout)
+
+
+def unlike_sent(received: Received | None, headers: Mapping[str, str], body: bytes | None) -> str | None:
+    """Why ``received`` is not the request a client sent with ``headers`` (Content-Type) and ``body``;
+    None when it arrived as sent. A proxy that reads the body must pass body and Content-Type on intact."""
+    if received is None:
+        return "the backend never received it"
+    sent_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    if received.header("content-type") != sent_type:
+        return f"Content-Type {sent_type!r} arrived as {received.header('content-type')!r}"
+    if received.body != (body or b""):
+        return f"body {body!r} arrived as {received.body!r}"
+    return None

@@ -5,6 +5,11 @@ inserts into the sidecar. The evaluator does not run Lua: for each request the m
 documented result (the model the message names, or "unproven"), for the methods the EnvoyFilter's guard
 inspects on its port. The guard's text is the one the Envoy target runs, where its behaviour on every
 byte string is proven against protobuf (tests/test_grpc_body.py); tests/test_istio.py checks they match.
+
+Per-model OpenAI inference rules read the metadata of Envoy's json_to_metadata filter, which another
+EnvoyFilter inserts on the OpenAI port: the body's top-level ``model`` where it is a non-empty JSON
+string the filter reads (``Request.body_model``), nothing otherwise. That filter's configuration is the
+Envoy target's (tests/test_istio.py), run on the real Envoy by the Envoy conformance suites.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from meshgen.features import Feature
 from meshgen.policy import Request, decide
 from meshgen.policy.decide import EVERY_FEATURE
 from meshgen.spec import Spec
+from meshgen.targets.envoy.openai import JSON_FILTER
 from tests.istio_eval import IstioRequest, Workload, evaluate_all
+from tests.support.matrix import JSON, BodyRequest
 
 _FIELD = re.compile(r'\["(?P<path>/[^"]+)"\] = (?P<field>[0-9]+),')
 _NAMESPACE = re.compile(r'^local NAMESPACE = "(?P<namespace>[^"]+)"$', re.M)
@@ -33,17 +40,53 @@ class Guard:
     namespace: str
 
 
-def guards(documents: Sequence[Mapping[str, Any]]) -> list[Guard]:
+@dataclass(frozen=True)
+class JsonReader:
+    """An EnvoyFilter's json_to_metadata filter: on which container port, which top-level keys it writes
+    to which metadata (namespace, key)."""
+
+    port: int
+    keys: Mapping[str, tuple[str, str]]
+    content_types: frozenset[str]  # the only Content-Type values whose bodies it reads
+
+
+def _patches(documents: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [
+        patch
+        for document in documents
+        if document.get("kind") == "EnvoyFilter"
+        for patch in document["spec"]["configPatches"]
+    ]
+
+
+def json_readers(documents: Sequence[Mapping[str, Any]]) -> list[JsonReader]:
     found = []
-    for document in documents:
-        if document.get("kind") != "EnvoyFilter":
+    for patch in _patches(documents):
+        value = patch["patch"]["value"]
+        if value["name"] != JSON_FILTER:
             continue
-        for patch in document["spec"]["configPatches"]:
-            script = patch["patch"]["value"]["typed_config"]["default_source_code"]["inline_string"]
-            namespace = _NAMESPACE.search(script)
-            assert namespace is not None
-            paths = frozenset(m["path"] for m in _FIELD.finditer(script))
-            found.append(Guard(patch["match"]["listener"]["portNumber"], paths, namespace["namespace"]))
+        keys = {}
+        for rule in value["typed_config"]["request_rules"]["rules"]:
+            [selector] = rule["selectors"]  # a top-level key: what the evaluator's metadata models
+            target = rule["on_present"]
+            keys[selector["key"]] = (target["metadata_namespace"], target["key"])
+        # Envoy's default without allow_content_types: application/json only.
+        content_types = frozenset(value["typed_config"]["request_rules"].get("allow_content_types", [JSON]))
+        found.append(JsonReader(patch["match"]["listener"]["portNumber"], keys, content_types))
+    return found
+
+
+def guards(documents: Sequence[Mapping[str, Any]]) -> list[Guard]:
+    """The gRPC model guards (Lua) among the EnvoyFilters."""
+    found = []
+    for patch in _patches(documents):
+        if patch["patch"]["value"]["name"] == JSON_FILTER:
+            continue
+        script = patch["patch"]["value"]["typed_config"]["default_source_code"]["inline_string"]
+        namespace = _NAMESPACE.search(script)
+        assert namespace is not None
+        paths = frozenset(m["path"] for m in _FIELD.finditer(script))
+        found.append(Guard(patch["match"]["listener"]["portNumber"], paths, namespace["namespace"]))
     return found
 
 
@@ -56,8 +99,31 @@ def guard_metadata(request: Request, port: int, active: Sequence[Guard]) -> dict
     return {}
 
 
-def to_istio(request: Request, ports: Mapping[str, int], active: Sequence[Guard] = ()) -> IstioRequest:
-    """The request as the Triton workload's sidecar sees it (its container port, peer identity, headers)."""
+def json_metadata(request: Request, port: int, readers: Sequence[JsonReader]) -> dict[str, dict[str, str]]:
+    """What json_to_metadata writes for the request's body: its ``model`` string, where it is one (a
+    non-empty JSON string in a body of a Content-Type the filter reads); on any path of the reader's port."""
+    metadata: dict[str, dict[str, str]] = {}
+    content_type = request.content_type if isinstance(request, BodyRequest) else None
+    for reader in readers:
+        if (
+            port == reader.port
+            and request.body_model
+            and content_type in reader.content_types
+            and "model" in reader.keys
+        ):
+            namespace, key = reader.keys["model"]
+            metadata.setdefault(namespace, {})[key] = request.body_model
+    return metadata
+
+
+def to_istio(
+    request: Request,
+    ports: Mapping[str, int],
+    active: Sequence[Guard] = (),
+    readers: Sequence[JsonReader] = (),
+) -> IstioRequest:
+    """The request as the Triton workload's sidecar sees it (its container port, peer identity, headers,
+    the metadata of the filters the EnvoyFilters insert before RBAC)."""
     identity = request.identity
     port = ports[request.protocol]
     return IstioRequest(
@@ -67,7 +133,7 @@ def to_istio(request: Request, ports: Mapping[str, int], active: Sequence[Guard]
         principal=identity.principal,
         source_ip=identity.source_ip,
         headers=dict(identity.headers),
-        metadata=guard_metadata(request, port, active),
+        metadata={**guard_metadata(request, port, active), **json_metadata(request, port, readers)},
     )
 
 
@@ -81,9 +147,9 @@ def istio_mismatches(
     # RequestAuthentication too: it verifies tokens and removes them before RBAC (JWT clients).
     policies = [doc for doc in documents if doc["kind"] in ("AuthorizationPolicy", "RequestAuthentication")]
     workload = Workload(spec.metadata.namespace, spec.workload.selector)
-    ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
-    active = guards(documents)
-    observed = evaluate_all(policies, workload, [to_istio(request, ports, active) for _, request in matrix])
+    ports: dict[str, int] = {name: number for name, number in spec.workload.ports.served().items()}
+    active, readers = guards(documents), json_readers(documents)
+    observed = evaluate_all(policies, workload, [to_istio(request, ports, active, readers) for _, request in matrix])
     mismatches = []
     for (label, request), allowed in zip(matrix, observed, strict=True):
         if allowed != decide(spec, request, enforced).allowed:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from meshgen.catalog import load_catalog
+from meshgen.catalog import HttpEndpoint, load_catalog
 from meshgen.policy import Decision, Identity, Request, TokenRefusal
 from meshgen.spec import Spec
 from meshgen.spec.model import Client
@@ -46,7 +47,27 @@ EXTRA_GRPC = (
     "/inference.GRPCInferenceService/ModelInfer/",
     "/other.Service/ModelInfer",
 )
+# The OpenAI frontend's port: FastAPI's own routes, near misses of the catalog's, and KServe paths that
+# exist only on the http port.
+OPENAI_EXTRA_PATHS = (
+    "/",
+    "/v1",
+    "/v1/",
+    "/v1/models/",
+    "/v1/modelsx",
+    "/v1/chat",
+    "/v1/chat/completions/",
+    "/v1/completions/x",
+    "/v1/models/x/unknown",
+    "/health",
+    "/health/ready/",
+    "/metrics/",
+    "/docs",
+    "/openapi.json",
+    "/v2/health/ready",
+)
 OUTSIDER_IP = "192.0.2.10"  # TEST-NET-1: inside no spec's ipBlocks unless a spec says so
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -63,17 +84,151 @@ def model_names(spec: Spec) -> list[str]:
     return [*listed[:3], UNLISTED_MODEL, "stats", "Resnet50", *extended]
 
 
-def http_paths(spec: Spec, port: str) -> list[str]:
-    paths: list[str] = []
+def served_ports(spec: Spec) -> tuple[str, ...]:
+    """The Triton ports the spec serves, in PORT_NAMES order (openai only with workload.ports.openai)."""
+    return tuple(spec.workload.ports.served())
+
+
+def http_ports(spec: Spec) -> tuple[str, ...]:
+    """The served ports that speak plain HTTP (every one but grpc)."""
+    return tuple(port for port in served_ports(spec) if port != "grpc")
+
+
+def _path(endpoint: HttpEndpoint, model: str) -> str:
+    path = endpoint.template.replace("{model}", model).replace("{version}", "1")
+    return path.replace("{region}", "r0").replace("{repo}", "repo0")
+
+
+def endpoint_paths(spec: Spec, port: str) -> list[tuple[HttpEndpoint, str]]:
+    """(endpoint, path) for every catalog endpoint of ``port``: per model name where the path names one."""
+    paths: dict[str, HttpEndpoint] = {}
     for endpoint in load_catalog().http:
         if endpoint.port != port:
             continue
-        for model in model_names(spec) if endpoint.model_scoped else [""]:
-            path = endpoint.template.replace("{model}", model).replace("{version}", "1")
-            path = path.replace("{region}", "r0").replace("{repo}", "repo0")
-            if path not in paths:
-                paths.append(path)
-    return paths
+        for model in model_names(spec) if "{model}" in endpoint.segments else [""]:
+            paths.setdefault(_path(endpoint, model), endpoint)
+    return [(endpoint, path) for path, endpoint in paths.items()]
+
+
+def http_paths(spec: Spec, port: str) -> list[str]:
+    return [path for _, path in endpoint_paths(spec, port)]
+
+
+# --- request bodies: the OpenAI frontend's inference routes name the model in their JSON body ---------
+
+
+@dataclass(frozen=True)
+class BodyRequest(Request):
+    """A request of the matrix sent with this body and Content-Type (None: no Content-Type header).
+
+    ``body_model`` is what a reader of the body may rely on (decide()'s input): the JSON body's top-level
+    ``"model"`` string as Python's json reads it, or None where a proxy cannot read it safely."""
+
+    content_type: str | None = JSON
+    body: bytes = b""
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def _payload(path: str, model: object) -> dict[str, object]:
+    """A request document for the route (the field next to ``model`` that route requires)."""
+    if path.startswith("/v1/chat/"):
+        return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if path.startswith("/v1/embeddings"):
+        return {"model": model, "input": "hi"}
+    return {"model": model, "prompt": "hi"}
+
+
+def json_models(spec: Spec) -> list[str]:
+    """The model strings the JSON bodies of the matrix name: every listed model (denied ones included),
+    then near misses: unlisted, a case variant and an extension of a listed name."""
+    listed = sorted({model for rule in spec.rules for model in rule.models or ()})
+    if not listed:
+        return [UNLISTED_MODEL]
+    return list(dict.fromkeys([*listed, UNLISTED_MODEL, listed[0].swapcase(), f"{listed[0]}x"]))
+
+
+def granted_json_models(spec: Spec) -> list[str]:
+    """Models an allow rule grants on a JSON body route: what an unreadable body pretends to name."""
+    categories = {e.category for e in load_catalog().http if e.body_model}
+    granted = [
+        model
+        for rule in spec.rules
+        if rule.action == "allow" and rule.models and categories & set(rule.categories)
+        for model in rule.models[:1]
+    ]
+    return list(dict.fromkeys(granted)) or json_models(spec)[:1]
+
+
+def json_bodies(spec: Spec, path: str) -> list[tuple[str, str | None, str | None, bytes]]:
+    """(label, Content-Type, body_model, body) for one JSON body route: a body naming each model of
+    ``json_models``; then, per model an allow rule grants, bodies that seem to name it but that a proxy
+    cannot read safely (body_model None or ""), and bodies whose model a JSON reader must read right."""
+    bodies: list[tuple[str, str | None, str | None, bytes]] = [
+        (f"model={model!r}", JSON, model, _json(_payload(path, model))) for model in json_models(spec)
+    ]
+    other = UNLISTED_MODEL
+    for model in granted_json_models(spec):
+        named = _json(_payload(path, model))
+        without = {k: v for k, v in _payload(path, model).items() if k != "model"}
+        bodies += [
+            (f"model={model!r} charset=utf-8", "application/json; charset=utf-8", model, named),
+            (f"model={model!r} escaped", JSON, model, named.replace(b"-", b"\\u002d").replace(b"_", b"\\u005f")),
+            (
+                f"model={model!r} after a duplicate",
+                JSON,
+                model,
+                b'{"model": "' + other.encode() + b'", ' + named[1:],
+            ),
+            (f"model={other!r} after {model!r}", JSON, other, named[:-1] + b', "model": "' + other.encode() + b'"}'),
+            (f"content-type text/plain, {model!r}", "text/plain", None, named),
+            (f"content-type Application/JSON, {model!r}", "Application/JSON", None, named),
+            (f"content-type application/json;charset=utf-8, {model!r}", "application/json;charset=utf-8", None, named),
+            (f"no content-type, {model!r}", None, None, named),
+            (f"not JSON, {model!r}", JSON, None, named[:-1]),
+            (f"model {model!r} nested", JSON, None, _json({**without, "options": {"model": model}})),
+            (f"model [{model!r}]", JSON, None, _json({**without, "model": [model]})),
+        ]
+    bodies += [
+        ("model missing", JSON, None, _json({k: v for k, v in _payload(path, "").items() if k != "model"})),
+        ("model a number", JSON, None, _json(_payload(path, 7))),
+        ("model null", JSON, None, _json(_payload(path, None))),
+        ("model empty", JSON, "", _json(_payload(path, ""))),
+        ("empty body", JSON, None, b""),
+    ]
+    return bodies
+
+
+def json_request(port: str, path: str, model: str, identity: Identity | None = None) -> BodyRequest:
+    """A POST to a JSON body route whose body names ``model`` (readable: application/json)."""
+    return BodyRequest(
+        port,  # type: ignore[arg-type]
+        "POST",
+        path,
+        identity or Identity(),
+        body_model=model,
+        body=_json(_payload(path, model)),
+    )
+
+
+def body_requests(spec: Spec, port: str, method: str, path: str) -> Iterator[tuple[str, Request]]:
+    """The requests of the matrix for one (port, method, path): one per body for a JSON body route."""
+    endpoint = load_catalog().match_http(port, path.split("?", 1)[0]) if port != "grpc" else None  # type: ignore[arg-type]
+    if endpoint is None or not endpoint.endpoint.body_model or method != "POST":
+        yield f"{port} {method} {path}", Request(port, method, path)  # type: ignore[arg-type]
+        return
+    for label, content_type, model, body in json_bodies(spec, path):
+        request = BodyRequest(port, method, path, body_model=model, content_type=content_type, body=body)  # type: ignore[arg-type]
+        yield f"{port} {method} {path} [{label}]", request
+
+
+def sent_body(request: Request) -> tuple[dict[str, str], bytes | None]:
+    """(headers, body) a real client sends for ``request`` besides its identity's headers (None: no body)."""
+    if not isinstance(request, BodyRequest):
+        return {}, None
+    return ({"Content-Type": request.content_type} if request.content_type is not None else {}), request.body
 
 
 def identities(spec: Spec, outsider_ip: str = OUTSIDER_IP) -> list[NamedIdentity]:
@@ -195,23 +350,36 @@ def requests(spec: Spec) -> Iterator[tuple[str, Request]]:
 
 def _cross_port_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
     """A gRPC method is one only on the gRPC port, an HTTP endpoint only on its own port."""
-    for port in ("http", "metrics"):
+    ports = http_ports(spec)
+    for port in ports:
         for method in load_catalog().grpc:
-            yield f"{port} POST {method.path}", Request(port, "POST", method.path)
-    for path in dict.fromkeys([*http_paths(spec, "http"), *http_paths(spec, "metrics")]):
+            yield f"{port} POST {method.path}", Request(port, "POST", method.path)  # type: ignore[arg-type]
+    for path in dict.fromkeys(path for port in ports for path in http_paths(spec, port)):
         yield f"grpc POST {path}", Request("grpc", "POST", path)
+    if "openai" not in ports:
+        return
+    # The OpenAI frontend's routes on the KServe ports and theirs on its port ("/metrics" is on both).
+    for home in ports:
+        for endpoint, path in endpoint_paths(spec, home):
+            for port in ports:
+                if port != home and ("openai" in (port, home)):
+                    for label, request in body_requests(spec, home, endpoint.methods[0], path):
+                        if isinstance(request, BodyRequest) and request.body_model not in granted_json_models(spec):
+                            continue  # on the wrong port, the bodies that could be granted
+                        moved = dataclasses.replace(request, protocol=port)  # type: ignore[arg-type]
+                        yield label.replace(home, port, 1), moved
 
 
 def _method_variant_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
     """Every method set of the catalog, on one endpoint of each port, with near-miss method names."""
     models = model_names(spec)
     seen: set[tuple[str, tuple[str, ...]]] = set()
+    served = http_ports(spec)
     for endpoint in load_catalog().http:
-        if (endpoint.port, endpoint.methods) in seen:
+        if endpoint.port not in served or (endpoint.port, endpoint.methods) in seen:
             continue
         seen.add((endpoint.port, endpoint.methods))
-        path = endpoint.template.replace("{model}", models[0]).replace("{version}", "1")
-        path = path.replace("{region}", "r0").replace("{repo}", "repo0")
+        path = _path(endpoint, models[0])
         for method in endpoint.methods:
             for variant in method_variants(method):
                 yield f"{endpoint.port} {variant} {path}", Request(endpoint.port, variant, path)
@@ -221,14 +389,19 @@ def _method_variant_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
 
 
 def _catalog_requests(spec: Spec) -> Iterator[tuple[str, Request]]:
-    for port in ("http", "metrics"):
-        paths = [*http_paths(spec, port), *EXTRA_PATHS]
+    for port in http_ports(spec):
+        paths = [*http_paths(spec, port), *(OPENAI_EXTRA_PATHS if port == "openai" else EXTRA_PATHS)]
         for path in dict.fromkeys(paths):
             for method in HTTP_METHODS:
-                yield f"{port} {method} {path}", Request(port, method, path)  # type: ignore[arg-type]
+                yield from body_requests(spec, port, method, path)
         for method in RARE_METHODS:
             yield f"{port} {method} {paths[0]}", Request(port, method, paths[0])  # type: ignore[arg-type]
         yield f"{port} GET {paths[0]}?q=1", Request(port, "GET", paths[0] + "?q=1")  # type: ignore[arg-type]
+        for endpoint, path in endpoint_paths(spec, port):
+            if endpoint.body_model:
+                # The query is not part of the route: a granted body still decides.
+                model = granted_json_models(spec)[0]
+                yield f"{port} POST {path}?q=1 [model={model!r}]", json_request(port, f"{path}?q=1", model)
     bodies = body_models(spec)
     for method in load_catalog().grpc:
         if not method.model_scoped:

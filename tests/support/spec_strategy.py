@@ -2,9 +2,10 @@
 
 ``specs()`` covers the whole format: every identity kind and combinations of them, allow/deny rules over
 random category sets, ``models`` and ``grpcAllModels``, ``anyone``, overlapping rules, empty rule lists,
-ports, mTLS modes and port overrides. ``proxy_specs()`` keeps to what nginx can express (no principals or
-namespaces, header values of nginx-safe characters, few IPv4 blocks) so the same spec can also run on a
-real Envoy and a real nginx on this machine (tests/support/matrix.py ``loopback_variant``).
+ports (the OpenAI frontend's in about a third of the specs), mTLS modes and port overrides.
+``proxy_specs()`` keeps to what nginx can express (no principals or namespaces, header values of
+nginx-safe characters, few IPv4 blocks) so the same spec can also run on a real Envoy and a real nginx
+on this machine (tests/support/matrix.py ``loopback_variant``).
 
 Draws come from small shared pools (client names, models, categories) on purpose: rules then overlap
 on clients, models and categories often, which is where deny/allow precedence bugs live.
@@ -30,7 +31,9 @@ MODEL_POOL = ("resnet50", "Resnet50", "densenet_onnx", "m.v2", "_private", "a-b"
 TRUST_DOMAINS = ("cluster.local", "example.org", "td-1.corp")
 IDENTITY_KINDS = ("principals", "namespaces", "ipBlocks", "headers")
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
-PORT_NAMES = ("http", "grpc", "metrics")
+PORT_NAMES = ("http", "grpc", "metrics")  # every spec serves these
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+OPENAI_DEFAULT_PORT = 9000  # the frontend's own default; the spec has none (the port is opt-in)
 # nginx matches header values only when made of these (meshgen.targets.nginx SAFE_HEADER_VALUE_CHARS).
 NGINX_SAFE_VALUE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+/=:@,-"
 VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -159,16 +162,21 @@ def _rule(draw: st.DrawFn, clients: list[str], models_pool: list[str]) -> dict[s
 
 @st.composite
 def _ports(draw: st.DrawFn) -> dict[str, int] | None:
+    openai = draw(st.integers(0, 2)) == 0  # workload.ports.openai: the OpenAI frontend runs too
     if draw(st.booleans()):
-        return None  # the defaults 8000/8001/8002
-    numbers = draw(st.lists(st.integers(min_value=1, max_value=65535), min_size=3, max_size=3, unique=True))
-    return dict(zip(PORT_NAMES, numbers, strict=True))
+        return {"openai": OPENAI_DEFAULT_PORT} if openai else None  # the defaults 8000/8001/8002
+    names = (*PORT_NAMES, *(("openai",) if openai else ()))
+    numbers = draw(
+        st.lists(st.integers(min_value=1, max_value=65535), min_size=len(names), max_size=len(names), unique=True)
+    )
+    return dict(zip(names, numbers, strict=True))
 
 
 @st.composite
 def _mtls(draw: st.DrawFn, ports: dict[str, int], mode: str) -> dict[str, Any] | None:
+    """``ports``: every port the spec serves, by name."""
     mtls: dict[str, Any] = {"mode": mode}
-    overridden = draw(st.lists(st.sampled_from(PORT_NAMES), max_size=3, unique=True))
+    overridden = draw(st.lists(st.sampled_from(tuple(ports)), max_size=3, unique=True))
     if overridden:
         # Name each overridden port by its name or its number (both forms are valid keys).
         mtls["portOverrides"] = {
@@ -201,7 +209,7 @@ def _specs(draw: st.DrawFn, *, proxy: bool) -> GeneratedSpec:
     }
     if ports is not None:
         document["workload"]["ports"] = ports
-    mtls = draw(_mtls(ports or {"http": 8000, "grpc": 8001, "metrics": 8002}, mode))
+    mtls = draw(_mtls({**DEFAULT_PORTS, **(ports or {})}, mode))
     if mtls is not None:
         document["mtls"] = mtls
     if clients or draw(st.booleans()):

@@ -1,7 +1,8 @@
 """Envoy target: RBAC HTTP filters for an existing HCM, or a complete runnable bootstrap.
 
 Filter-only output (for a mesh sidecar that terminates mTLS): the DENY and ALLOW RBAC filters over
-all three Triton ports, each permission pinned to its container port with ``destination_port``.
+every Triton port (the OpenAI frontend's too, where the spec serves it), each permission pinned to its
+container port with ``destination_port``.
 
 Bootstrap (``--bootstrap``): one listener per Triton port. Each listener's RBAC filters carry only that
 port's permissions and NO ``destination_port``: the listener port is the proxy's own (e.g. 8080), not
@@ -26,6 +27,7 @@ from meshgen.targets.contract import Rendered
 from meshgen.targets.envoy import EnvoyOptions
 from meshgen.targets.envoy.guard import MODEL_HEADER, NAMESPACE, UNPROVEN_KEY, inspected_methods
 from meshgen.targets.envoy.jwt import AUDIENCE_FAILURE, FAILURE_KEY, JWT_FILTER
+from meshgen.targets.envoy.openai import body_limited
 from meshgen.targets.envoy.rbac import ENCODERS, http_filters
 from meshgen.targets.standalone import ProxyPort, proxy_ports
 
@@ -40,7 +42,9 @@ HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Inference over HTTP can run for minutes (large batches, generate_stream); gRPC streams
 # (ModelStreamInfer) live as long as the client wants, so the gRPC route has no overall timeout.
-ROUTE_TIMEOUT = {"http": "300s", "grpc": "0s", "metrics": "15s"}
+# OpenAI completions stream tokens (server-sent events) for as long as generation runs: like gRPC
+# streams, no overall timeout; the stream idle timeout still ends a stalled one.
+ROUTE_TIMEOUT = {"http": "300s", "grpc": "0s", "metrics": "15s", "openai": "0s"}
 STREAM_IDLE_TIMEOUT = "300s"
 GRPC_PREFIX = 5  # flag byte and 4-byte length in front of every gRPC message
 MIN_WINDOW = 65535  # HTTP/2's default window: never go below it
@@ -118,6 +122,10 @@ def build_bootstrap(
             mappers += inspection["local_reply_config"]["mappers"]
             route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
             route["request_headers_to_remove"] = [MODEL_HEADER]  # the guard's copy, for RBAC only
+        if port == "openai" and body_limited(policy):
+            body_limit = _json_body_limit(policy)
+            hcm["http2_protocol_options"] = body_limit["http2_protocol_options"]
+            mappers += body_limit["mappers"]
         if mappers:
             hcm["local_reply_config"] = {"mappers": mappers}
         chain: dict[str, Any] = {"filters": [{"name": HCM, "typed_config": hcm}]}
@@ -136,13 +144,16 @@ def build_bootstrap(
                     },
                 },
             }
-        listeners.append(
-            {
-                "name": f"triton_{port}",
-                "address": _socket_address(proxy_port.listen),
-                "filter_chains": [chain],
-            }
-        )
+        listener: dict[str, Any] = {
+            "name": f"triton_{port}",
+            "address": _socket_address(proxy_port.listen),
+            "filter_chains": [chain],
+        }
+        if port == "openai" and body_limited(policy):
+            # The JSON body reader holds a whole body; Envoy's default buffer (1 MiB) would answer 413
+            # below the spec's limit. Past the limit the reader gives up and the model is unproven.
+            listener["per_connection_buffer_limit_bytes"] = policy.body_inspection.max_bytes
+        listeners.append(listener)
         cluster: dict[str, Any] = {
             "name": cluster_name,
             "type": "STATIC" if proxy_port.upstream.is_ip else "STRICT_DNS",
@@ -159,6 +170,26 @@ def build_bootstrap(
         clusters.append(cluster)
     admin_config = {"address": _socket_address(admin)} if admin is not None else None
     return {"admin": admin_config, "listeners": listeners, "clusters": clusters}
+
+
+def _json_body_limit(policy: Policy) -> dict[str, Any]:
+    """The OpenAI listener holds at most ``maxBytes`` of a body: over HTTP/1.1 the connection buffer
+    (listener), over HTTP/2 the stream window, past which Envoy answers 413 — rewritten to the 403 every
+    other refusal gets, saying why."""
+    limit = policy.body_inspection.max_bytes
+    window = max(limit, MIN_WINDOW)
+    too_large = f"meshgen: the request body is larger than the inspection limit ({limit} bytes)"
+    over = {"op": "EQ", "value": {"default_value": 413, "runtime_key": "meshgen.openai_inspection.status"}}
+    return {
+        "http2_protocol_options": {"initial_stream_window_size": window, "initial_connection_window_size": window},
+        "mappers": [
+            {
+                "filter": {"status_code_filter": {"comparison": over}},
+                "status_code": 403,
+                "body": {"inline_string": too_large},
+            }
+        ],
+    }
 
 
 def _inspection_settings(policy: Policy) -> dict[str, Any]:

@@ -54,6 +54,9 @@ from meshgen.targets.envoy.guard import (
     inspected_methods,
 )
 from meshgen.targets.envoy.jwt import AUTHORIZATION, JWT_FILTER, PAYLOAD_KEY, UNREAD_AUTHORIZATION, jwt_filter
+from meshgen.targets.envoy.openai import MODEL_KEY as JSON_MODEL_KEY
+from meshgen.targets.envoy.openai import NAMESPACE as JSON_NAMESPACE
+from meshgen.targets.envoy.openai import body_limited, json_filter
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -87,12 +90,32 @@ _MODEL = "{model}"
 
 def http_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
     """JWT verification (where a rule uses a JWT client), the gRPC model guard (where a rule limits gRPC
-    methods to models), then the RBAC filters."""
+    methods to models), the OpenAI body reader (where a rule limits OpenAI inference to models), then the
+    RBAC filters."""
     tokens = jwt_filter(policy, dry_run=dry_run)
     guard = []
     if port in (None, "grpc") and inspected_methods(policy):
         guard = [_guarded_only_where_needed(policy, guard_filter(policy), port)]
+    if port in (None, "openai") and body_limited(policy):
+        guard.append(_json_reader(policy, port))
     return [*([tokens] if tokens else []), *guard, *rbac_filters(policy, port=port, dry_run=dry_run)]
+
+
+def _json_reader(policy: Policy, port: PortName | None) -> dict[str, Any]:
+    """The JSON body reader; in the filter-only output skipped off the OpenAI port (it buffers bodies)."""
+    reader = json_filter()
+    if port is not None:
+        return reader
+    elsewhere = {"not_matcher": _single(_input(PORT_INPUT, PORT_INPUT_TYPE), {"exact": str(policy.port("openai"))})}
+    skip = {"action": {"name": "skip", "typed_config": {"@type": SKIP_FILTER_TYPE}}}
+    return {
+        "name": reader["name"],
+        "typed_config": {
+            "@type": MATCH_DELEGATE_TYPE,
+            "extension_config": reader,
+            "xds_matcher": {"matcher_list": {"matchers": [{"predicate": elsewhere, "on_match": skip}]}},
+        },
+    }
 
 
 def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
@@ -200,6 +223,10 @@ class _Group:
         self.tries: dict[tuple[str, TrieKey], _Trie] = {}  # per literal prefix and key kind, first-seen order
         self.fallback: dict[str, _RegexFallback] = {}  # gate regex -> its per-model regexes
         self.grpc_models: dict[tuple[str, ...], list[str]] = {}  # models -> gRPC method paths limited to them
+        self.json_models: dict[tuple[str, ...], list[str]] = {}  # models -> OpenAI body routes limited to them
+
+    def add_json_models(self, path: str, models: tuple[str, ...]) -> None:
+        self.json_models.setdefault(models, []).append(path)
 
     def add_grpc_models(self, method_path: str, models: tuple[str, ...]) -> None:
         self.grpc_models.setdefault(models, []).append(method_path)
@@ -293,6 +320,8 @@ class _Group:
             )
         for models, methods in self.grpc_models.items():
             result += _grpc_model_entries(head, methods, models, on_match, deny)
+        for models, paths in self.json_models.items():
+            result += _json_model_entries(head, paths, models, on_match, deny)
         return result
 
     def _guarded(self, literal: str) -> list[dict[str, Any]]:
@@ -313,6 +342,9 @@ def _groups(policy: Policy, rule: PolicyRule, port: PortName | None) -> list[_Gr
         if port is not None and grant.endpoint.port != port:
             continue
         target = group(grant.endpoint.port, grant.endpoint.methods, grant.excluded_paths)
+        if grant.models is not None and grant.endpoint.body_model:
+            target.add_json_models(grant.endpoint.template, grant.models)
+            continue
         if grant.models is not None and grant.endpoint.model_scoped:
             target.add_models(grant.endpoint, grant.models)
             continue
@@ -353,6 +385,40 @@ def _grpc_model_entries(
         guard_missing = {"not_matcher": _metadata_present(INSPECTED_KEY)}
         entries.append({"predicate": _all([*call, guard_missing]), "on_match": on_match})
     return entries
+
+
+def _json_model_entries(
+    head: list[dict[str, Any]], paths: list[str], models: tuple[str, ...], on_match: dict[str, Any], deny: bool
+) -> list[dict[str, Any]]:
+    """Entries for OpenAI routes limited to ``models``, named by the JSON body (json_to_metadata's metadata).
+
+    Only a string value can match; a deny also applies when there is none (unproven: fail closed).
+    """
+    route = _any([p for path in paths for p in _literal(path)])
+    entries = [{"predicate": _all([*head, route, _json_model(_one_of(models))]), "on_match": on_match}]
+    if deny:
+        unproven = {"not_matcher": _json_model({"string_match": {"safe_regex": {"regex": ".+"}}})}
+        entries.append({"predicate": _all([*head, route, unproven]), "on_match": on_match})
+    return entries
+
+
+def _json_model(value: dict[str, Any]) -> dict[str, Any]:
+    keys = [{"key": JSON_MODEL_KEY}]
+    return {
+        "single_predicate": {
+            "input": _input(METADATA_INPUT, METADATA_INPUT_TYPE, filter=JSON_NAMESPACE, path=keys),
+            "custom_match": {
+                "name": METADATA_MATCHER,
+                "typed_config": {"@type": METADATA_MATCHER_TYPE, "value": value},
+            },
+        }
+    }
+
+
+def _one_of(values: tuple[str, ...]) -> dict[str, Any]:
+    """A string value equal to one of ``values`` (or_match needs two or more)."""
+    matchers = [_exactly(value) for value in values]
+    return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
 
 
 def _metadata_present(key: str) -> dict[str, Any]:

@@ -28,6 +28,9 @@ from meshgen.targets.envoy.guard import (
     guard_filter,
     inspected_methods,
 )
+from meshgen.targets.envoy.openai import MODEL_KEY as JSON_MODEL_KEY
+from meshgen.targets.envoy.openai import NAMESPACE as JSON_NAMESPACE
+from meshgen.targets.envoy.openai import body_limited, json_filter
 from meshgen.targets.istio import IstioOptions
 
 API_VERSION = "security.istio.io/v1"
@@ -143,8 +146,24 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
         envoy_filters.append(
             {
                 "name": f"{policy.name}-grpc-model-guard",
-                "grpc_port": policy.port("grpc"),
+                "port": policy.port("grpc"),
                 "filter": guard_filter(policy),
+                "comment": (
+                    "The gRPC model guard (meshgen/targets/envoy/guard.py): reads the model name of per-model gRPC calls",  # noqa: E501
+                    "for the AuthorizationPolicy conditions experimental.envoy.filters.http.meshgen_grpc[...].",
+                ),
+            }
+        )
+    if body_limited(policy):
+        envoy_filters.append(
+            {
+                "name": f"{policy.name}-openai-model-reader",
+                "port": policy.port("openai"),
+                "filter": json_filter(),
+                "comment": (
+                    "The OpenAI body reader (meshgen/targets/envoy/openai.py): the JSON body's top-level model for",
+                    "the AuthorizationPolicy conditions experimental.envoy.filters.http.json_to_metadata[model].",
+                ),
             }
         )
     request_authentication = None
@@ -226,21 +245,21 @@ def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "metadata": metadata(envoy_filter["name"], {}),
                 "spec": {
                     "workloadSelector": {"labels": context["selector"]},
-                    "configPatches": [guard_patch(envoy_filter["grpc_port"], envoy_filter["filter"])],
+                    "configPatches": [guard_patch(envoy_filter["port"], envoy_filter["filter"])],
                 },
             }
         )
     return result
 
 
-def guard_patch(grpc_port: int, guard: dict[str, Any]) -> dict[str, Any]:
-    """Insert the guard before the sidecar's first RBAC filter, in the inbound chain of the gRPC port."""
+def guard_patch(port: int, guard: dict[str, Any]) -> dict[str, Any]:
+    """Insert a body reader before the sidecar's first RBAC filter, in the inbound chain of ``port``."""
     return {
         "applyTo": "HTTP_FILTER",
         "match": {
             "context": "SIDECAR_INBOUND",
             "listener": {
-                "portNumber": grpc_port,
+                "portNumber": port,
                 "filterChain": {
                     "filter": {
                         "name": "envoy.filters.network.http_connection_manager",
@@ -258,7 +277,8 @@ def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, A
     for rule in rules:
         operations = _operations(policy, rule)
         model_operations = _model_operations(policy, rule)
-        if not operations and not model_operations:
+        json_operations = _json_model_operations(policy, rule)
+        if not operations and not model_operations and not json_operations:
             continue
         for sources, conditions in _identity_groups(rule):
             if operations:
@@ -271,6 +291,12 @@ def istio_rules(policy: Policy, rules: Iterable[PolicyRule]) -> list[dict[str, A
                 if rule.action == "deny":
                     result.append(_istio_rule(sources, [operation], [*conditions, _guard_says(UNPROVEN_KEY)]))
                     result.append(_istio_rule(sources, [operation], [*conditions, *_guard_silent()]))
+            for operation, models in json_operations:
+                # The model comes from the JSON body reader's metadata; only a string value matches, so a
+                # deny also applies when there is no string (not JSON, no model, another type): fail closed.
+                result.append(_istio_rule(sources, [operation], [*conditions, _json_model_in(models)]))
+                if rule.action == "deny":
+                    result.append(_istio_rule(sources, [operation], [*conditions, _json_model_unproven()]))
     _check_rule_count(len(result))
     return result
 
@@ -313,6 +339,33 @@ def _guard_silent() -> list[dict[str, Any]]:
     return [{"key": _guard_key(INSPECTED_KEY), "notValues": ["*"]}]
 
 
+def _json_key() -> str:
+    return f"experimental.{JSON_NAMESPACE}[{JSON_MODEL_KEY}]"
+
+
+def _json_model_in(models: tuple[str, ...]) -> dict[str, Any]:
+    return {"key": _json_key(), "values": list(models)}
+
+
+def _json_model_unproven() -> dict[str, Any]:
+    return {"key": _json_key(), "notValues": ["*"]}
+
+
+def _json_model_operations(policy: Policy, rule: PolicyRule) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """OpenAI body routes limited to models, one operation per model list, in first-seen order."""
+    grouped: dict[tuple[str, ...], dict[str, None]] = {}
+    for grant in rule.http:
+        if grant.endpoint.body_model and grant.models is not None:
+            grouped.setdefault(grant.models, {})[grant.endpoint.template] = None
+    if not grouped:
+        return []
+    port = str(policy.port("openai"))
+    return [
+        ({"operation": {"ports": [port], "methods": ["POST"], "paths": list(paths)}}, models)
+        for models, paths in grouped.items()
+    ]
+
+
 def _model_operations(policy: Policy, rule: PolicyRule) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     """gRPC operations limited to models, one per model list, in first-seen order."""
     grouped: dict[tuple[str, ...], dict[str, None]] = {}
@@ -330,6 +383,8 @@ def _operations(policy: Policy, rule: PolicyRule) -> list[dict[str, Any]]:
     # Paths per (port, methods, excluded paths), deduplicated in first-seen order (dict keys).
     grouped: dict[tuple[str, tuple[str, ...], tuple[str, ...]], dict[str, None]] = {}
     for grant in rule.http:
+        if grant.endpoint.body_model and grant.models is not None:
+            continue  # _json_model_operations
         key = (str(policy.port(grant.endpoint.port)), grant.endpoint.methods, grant.excluded_paths)
         paths = grouped.setdefault(key, {})
         for pattern in grant.patterns:

@@ -31,6 +31,10 @@ NO_GRPC_BODY = Withheld(
     "nginx cannot read gRPC request bodies, where gRPC carries the model name",
     "set grpcAllModels: true to grant them for every model, or use the envoy or istio target",
 )
+NO_JSON_BODY = Withheld(
+    "nginx cannot read the JSON request body, where the OpenAI frontend's inference routes name the model",
+    "grant those routes without models, or use the envoy or istio target",
+)
 MESH_IDENTITY = Refused(
     "nginx cannot verify the mTLS peer identity of an Istio sidecar",
     "identify this client by ipBlocks and/or headers, or use the istio or envoy target",
@@ -58,6 +62,7 @@ class NginxTarget(Target[NginxOptions]):
             Feature.NAMESPACES: MESH_IDENTITY,
             Feature.JWT: NO_JWT,
             Feature.PER_MODEL_GRPC: NO_GRPC_BODY,
+            Feature.PER_MODEL_JSON: NO_JSON_BODY,
         }
     )
 

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from meshgen.features import Feature
-from meshgen.targets.contract import Delegated, NoOptions, OutputFile, Refused, Target, table
+from meshgen.targets.contract import Delegated, OutputFile, Refused, Target, switch, table
+
+if TYPE_CHECKING:
+    from meshgen.policy.model import Policy
 
 PROXY_CHECKS_IT = Delegated("Triton's flags restrict whole API categories; the proxy in front checks each client")
 PROXY_CHECKS_MODELS = Delegated("Triton's flags restrict whole API categories; the proxy in front checks models")
 
 
-class TritonTarget(Target[NoOptions]):
+@dataclass(frozen=True)
+class TritonOptions:
+    openai: bool = switch("--openai", "The OpenAI frontend's flags (python/openai main.py) instead of tritonserver's.")
+
+
+def serves_openai(policy: Policy) -> bool:
+    return policy.ports.openai is not None
+
+
+class TritonTarget(Target[TritonOptions]):
     name = "triton"
     summary = "Triton launch flags (restricted APIs, disabled endpoints, model control) that follow from the spec."
-    options_type = NoOptions
-    outputs = (OutputFile("triton-args.txt", NoOptions()),)
+    options_type = TritonOptions
+    outputs = (
+        OutputFile("triton-args.txt", TritonOptions()),
+        OutputFile("openai-frontend-args.txt", TritonOptions(openai=True), applies_to=serves_openai),
+    )
     implementation = "meshgen.targets.triton.flags"
     capability_table = table(
         {
@@ -25,6 +43,7 @@ class TritonTarget(Target[NoOptions]):
             Feature.JWT: PROXY_CHECKS_IT,
             Feature.PER_MODEL_HTTP: PROXY_CHECKS_MODELS,
             Feature.PER_MODEL_GRPC: PROXY_CHECKS_MODELS,
+            Feature.PER_MODEL_JSON: PROXY_CHECKS_MODELS,
             Feature.DRY_RUN: Refused("Triton has no audit mode", "use the dry-run of the proxy targets"),
         }
     )

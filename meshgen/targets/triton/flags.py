@@ -13,42 +13,59 @@ import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from meshgen.address import PORT_NAMES
+from meshgen.address import PortName
 from meshgen.catalog import CATEGORIES
+from meshgen.errors import CompileWarning, TargetError
 from meshgen.policy.model import Policy
 from meshgen.render import render as render_template
-from meshgen.targets.contract import Encoders, NoOptions, Rendered
+from meshgen.targets.contract import Encoders, Rendered
+from meshgen.targets.triton import TritonOptions
 
 GRPC_METADATA_PREFIX = "triton-grpc-protocol-"
 TRITON_CATEGORIES = tuple(c for c in CATEGORIES if c != "metrics")  # metrics is never restricted by Triton
+# The OpenAI frontend's --openai-restricted-api categories (middleware/api_restriction.py ENDPOINT_MAPPING).
+OPENAI_CATEGORIES = ("inference", "model-repository", "metrics", "health")
+# tritonserver's own ports; the OpenAI frontend (python/openai) is another process with its own flags.
+TRITONSERVER_PORTS: tuple[PortName, ...] = ("http", "grpc", "metrics")
 
 
 @dataclass(frozen=True)
 class Flag:
     reason: str
     argument: str
+    more: tuple[str, ...] = ()  # further words of the same option (argparse nargs), on the same line
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return (self.argument, *self.more)
 
 
 # Triton checks no caller identity itself: every identity kind is left to the proxy (Delegated).
 ENCODERS: Encoders[None] = {}
 
 
-def render(policy: Policy, options: NoOptions) -> Rendered:
+def render(policy: Policy, options: TritonOptions) -> Rendered:
+    if options.openai:
+        if policy.ports.openai is None:
+            raise TargetError(
+                "triton: --openai: the spec serves no OpenAI frontend; set workload.ports.openai where it runs"
+            )
+        flags = list(openai_frontend_flags(policy))
+        text = render_template("triton", "openai-frontend-args.txt.j2", name=policy.name, flags=flags)
+        warning = CompileWarning(
+            "triton: do not start the OpenAI frontend with --enable-kserve-frontends: the KServe HTTP and gRPC "
+            "frontends it opens take no restriction at all (tritonfrontend has no restricted-API option); run "
+            "tritonserver with triton-args.txt for KServe clients instead"
+        )
+        return Rendered(text, [list(flag.words) for flag in flags], (warning,))
     flags = list(triton_flags(policy))
     text = render_template("triton", "triton-args.txt.j2", name=policy.name, flags=flags)
-    return Rendered(text, [flag.argument for flag in flags])
+    return Rendered(text, [list(flag.words) for flag in flags])
 
 
-def parse_back(text: str) -> list[str]:
-    """The arguments of a flags file: every line that is not a comment is exactly one shell word."""
-    arguments = []
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            words = shlex.split(line)
-            if len(words) != 1:
-                raise AssertionError(f"triton template wrote {len(words)} words on one line")
-            arguments.append(words[0])
-    return arguments
+def parse_back(text: str) -> list[list[str]]:
+    """The options of a flags file: every line that is not a comment is one option (its shell words)."""
+    return [shlex.split(line) for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def triton_flags(policy: Policy) -> Iterator[Flag]:
@@ -63,11 +80,15 @@ def triton_flags(policy: Policy) -> Iterator[Flag]:
     yield from _loopback_binding(policy)
 
 
-def _granted(policy: Policy, category: str) -> list[tuple[frozenset[tuple[str, str]], bool]]:
-    """(header pairs of each client granted ``category``, whether the grant is to anyone)."""
+def _granted(
+    policy: Policy, category: str, port: PortName | None = None
+) -> list[tuple[frozenset[tuple[str, str]], bool]]:
+    """(header pairs of each client granted ``category`` (on ``port``, or any), whether the grant is to anyone)."""
     result: list[tuple[frozenset[tuple[str, str]], bool]] = []
     for rule in policy.rules_for("allow"):
-        categories = {g.endpoint.category for g in rule.http} | {g.method.category for g in rule.grpc}
+        categories = {g.endpoint.category for g in rule.http if port is None or g.endpoint.port == port}
+        if port is None:
+            categories |= {g.method.category for g in rule.grpc}
         if category not in categories:
             continue
         if rule.clients is None:
@@ -79,17 +100,24 @@ def _granted(policy: Policy, category: str) -> list[tuple[frozenset[tuple[str, s
     return result
 
 
-def _restricted_apis(policy: Policy) -> Iterator[Flag]:
-    """Group categories whose every grantee sends one common header, by that header."""
+def _common_headers(
+    policy: Policy, categories: tuple[str, ...], port: PortName | None = None
+) -> list[tuple[tuple[str, str], list[str]]]:
+    """Categories whose every grantee sends one common header, grouped by that header."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for category in TRITON_CATEGORIES:
-        grants = _granted(policy, category)
+    for category in categories:
+        grants = _granted(policy, category, port)
         if not grants or any(anyone for _, anyone in grants):
             continue
         common = frozenset.intersection(*(headers for headers, _ in grants))
         if common:
             groups.setdefault(min(common), []).append(category)
-    for (name, value), categories in sorted(groups.items()):
+    return sorted(groups.items())
+
+
+def _restricted_apis(policy: Policy) -> Iterator[Flag]:
+    """Group categories whose every grantee sends one common header, by that header."""
+    for (name, value), categories in _common_headers(policy, TRITON_CATEGORIES):
         apis = ",".join(categories)
         yield Flag(
             f"{apis}: granted only to clients that send header {name}; Triton refuses it without the header",
@@ -128,9 +156,28 @@ def _model_control(policy: Policy) -> Iterator[Flag]:
         )
 
 
+def openai_frontend_flags(policy: Policy) -> Iterator[Flag]:
+    """The OpenAI frontend's flags (server python/openai/openai_frontend/main.py ``parse_args``)."""
+    yield Flag("The port the proxy forwards the OpenAI routes to", f"--openai-port={policy.port('openai')}")
+    upstream = policy.standalone.upstream.openai
+    if upstream is not None and upstream.is_loopback:
+        # --host is the one address of the OpenAI frontend (and of KServe frontends it might start).
+        yield Flag(
+            f"The proxy reaches the OpenAI frontend on {upstream}: nothing else should", f"--host={upstream.host}"
+        )
+    for (name, value), categories in _common_headers(policy, OPENAI_CATEGORIES, "openai"):
+        apis = ",".join(categories)
+        yield Flag(
+            f"{apis}: granted only to clients that send header {name}; the frontend answers 401 without it "
+            "(it matches path prefixes: model-repository covers /v1/models and everything under it)",
+            "--openai-restricted-api",
+            (apis, name, value),
+        )
+
+
 def _loopback_binding(policy: Policy) -> Iterator[Flag]:
     """With a standalone proxy on the same host, Triton should listen on loopback only."""
-    for port in PORT_NAMES:
+    for port in TRITONSERVER_PORTS:
         upstream = policy.standalone.upstream.get(port)
         if upstream is not None and upstream.is_loopback:
             yield Flag(
