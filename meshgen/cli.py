@@ -31,6 +31,24 @@ if TYPE_CHECKING:
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
 
+
+def _no_flag_types() -> None:
+    """Typer >= 0.20 prints ``<bool>`` after every flag (``--version <bool>``); a flag takes no value."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "meshgen", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich.meshgen = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_flag_types()
+
 app = typer.Typer(
     name="meshgen",
     help="Compile a Triton access spec into Istio, Envoy and NGINX policies that grant exactly what it says.",
@@ -157,6 +175,23 @@ def _parameter(
     )
 
 
+# Runnable from the repository's root; tests/test_cli_newcomer.py runs every one of them.
+TARGET_EXAMPLES = {
+    "istio": [
+        "meshgen istio examples/triton-access.yaml -o istio.yaml",
+        "meshgen istio examples/triton-access.yaml --dry-run",
+    ],
+    "envoy": ["meshgen envoy examples/triton-access.yaml --bootstrap -o envoy.yaml"],
+    "nginx": ["meshgen nginx tests/golden/headers-and-ips/spec.yaml --full --prefix /tmp/mg --no-daemon -o nginx.conf"],
+    "triton": ["meshgen triton examples/triton-access.yaml"],
+}
+
+
+def examples(*lines: str) -> str:
+    """An ``Examples:`` epilog, one command a line."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
 def _register(target: Target[Any]) -> None:
     fields = [_option_field(name, option) for name, option in cli_options(target.options_type)]
 
@@ -179,7 +214,8 @@ def _register(target: Target[Any]) -> None:
         [spec_parameter, output_parameter, *(p for field in fields for p in field.parameters)]
     )
     command.__annotations__ = {}
-    app.command(name=target.name, help=target.summary)(command)
+    epilog = examples(*TARGET_EXAMPLES.get(target.name, [f"meshgen {target.name} examples/triton-access.yaml"]))
+    app.command(name=target.name, help=target.summary, epilog=epilog)(command)
 
 
 for _target in TARGETS:
@@ -189,7 +225,13 @@ for _target in TARGETS:
 # --- everyday commands --------------------------------------------------------------------------------
 
 
-@app.command(name="all")
+@app.command(
+    name="all",
+    epilog=examples(
+        "meshgen all examples/triton-access.yaml -o deploy/generated",
+        "meshgen all examples/triton-access.yaml -o deploy/generated --check",
+    ),
+)
 def all_outputs(
     spec: SpecArg,
     output: Annotated[str, typer.Option("--output", "-o", metavar="DIR", help="Directory of the outputs.")],
@@ -230,7 +272,11 @@ def all_outputs(
                 (directory / name).unlink()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "meshgen lint examples/triton-access.yaml", "meshgen lint tests/golden/default-deny/spec.yaml --strict"
+    )
+)
 def lint(
     spec: SpecArg,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there is any finding.")] = False,
@@ -246,7 +292,14 @@ def lint(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(
+    epilog="Grants a rule makes but that do not apply to the request (per-model rules, targets that withhold them) "
+    "are named below the verdict, with what would change it.\n\n"
+    + examples(
+        "meshgen check examples/triton-access.yaml --from gateway --grpc ModelInfer --model resnet50",
+        'meshgen check examples/triton-access.yaml --from ops --http "GET /v2/models/stats" --target envoy',
+    )
+)
 def check(
     spec: SpecArg,
     from_: Annotated[str, typer.Option("--from", metavar="CLIENT|anyone", help="Who sends the request.")],
@@ -258,17 +311,34 @@ def check(
         Optional[str],  # noqa: UP045
         typer.Option(metavar="NAME", help="With --grpc or an OpenAI inference route: the model the body names."),
     ] = None,
+    target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(metavar="TARGET", help="Decide as this target enforces it (istio, envoy, nginx)."),
+    ] = None,
 ) -> None:
     """What-if: ALLOW/DENY for one request and the rule that decides (exit 0 allow, 1 deny)."""
+    from meshgen.policy.decide import EVERY_FEATURE
     from meshgen.whatif import what_if
+    from meshgen.why import check_grpc_method, check_notes, target_view
 
     with diagnostics():
-        result = what_if(load(spec), from_, http, grpc, header, port, model)
-    typer.echo(result.text())
+        loaded = load(spec)
+        view = target_view(loaded, target) if target is not None else None
+        enforced = EVERY_FEATURE if view is None else view.enforced
+        result = what_if(loaded, from_, http, grpc, header, port, model, enforced)
+        check_grpc_method(result.request, result.decision)
+        notes = check_notes(loaded, result.request, result.decision, enforced, view)
+    typer.echo(result.text() + ("" if view is None else f" [as {view.name} enforces it]"))
+    for note in notes:
+        typer.echo(f"  {note}")
     raise typer.Exit(0 if result.decision.allowed else 1)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "meshgen explain examples/triton-access.yaml", "meshgen explain examples/triton-access.yaml --format markdown"
+    )
+)
 def explain(
     spec: SpecArg,
     format: Annotated[str, typer.Option("--format", help="table, markdown or json.")] = "table",
@@ -284,7 +354,73 @@ def explain(
     typer.echo(render_explanation(loaded, format), nl=False)  # type: ignore[arg-type]
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "meshgen init --model-repository /models -o spec.yaml",
+        "meshgen init -o spec.yaml && meshgen lint spec.yaml --strict",
+    )
+)
+def init(
+    output: OutputOpt = None,
+    model_repository: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model-repository", metavar="DIR", help="A Triton model repository: list its models."),
+    ] = None,
+    name: Annotated[str, typer.Option(metavar="NAME", help="metadata.name and the app label.")] = "triton",
+    namespace: Annotated[str, typer.Option(metavar="NS", help="metadata.namespace.")] = "inference",
+) -> None:
+    """A commented starter spec: default deny, health for anyone, metrics for a monitoring client."""
+    from meshgen.init import repository_models, starter_spec
+    from meshgen.output import write_output
+    from meshgen.spec import load_spec_text
+
+    with diagnostics(output):
+        models = repository_models(model_repository) if model_repository is not None else None
+        text = starter_spec(output or "spec.yaml", name, namespace, models)
+        load_spec_text(text, "<init>")  # --name/--namespace must make a valid spec
+        write_output(text, output)
+
+
+@app.command(
+    epilog="Exit 0: access unchanged; 1: some client gains or loses access; 2: error.\n\n"
+    + examples(
+        "meshgen diff tests/golden/default-deny/spec.yaml examples/triton-access.yaml",
+        "meshgen diff --git HEAD examples/triton-access.yaml --format markdown",
+    )
+)
+def diff(
+    old: Annotated[str, typer.Argument(metavar="OLD", help="The spec before (with --git: the spec, as now).")],
+    new: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(metavar="NEW", help="The spec after (not with --git)."),
+    ] = None,
+    git: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--git", metavar="REF", help="Compare the spec as committed at REF with the file as it is now."),
+    ] = None,
+    format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or markdown.")] = "text",
+) -> None:
+    """What each client gains and loses between two specs, per protocol, category and model."""
+    from meshgen.diff import diff_specs, load_git, render_diff
+
+    if format not in ("text", "markdown"):
+        typer.echo("error: --format must be text or markdown", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    if (git is None) == (new is None):
+        typer.echo("error: give OLD and NEW, or --git REF and one spec", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    with diagnostics():
+        if git is not None:
+            before, after, names = load_git(git, old), load(old), (f"{git}:{old}", old)
+        else:
+            assert new is not None
+            before, after, names = load(old), load(new), (old, new)
+        changes = diff_specs(before.spec, after.spec)
+    typer.echo(render_diff(changes, *names, format), nl=False)  # type: ignore[arg-type]
+    raise typer.Exit(1 if changes else 0)
+
+
+@app.command(epilog=examples("meshgen schema > spec.schema.json"))
 def schema() -> None:
     """JSON Schema of the spec, for editors (yaml-language-server) and CI validation."""
     import json

@@ -50,3 +50,36 @@ class CompileWarning:
     def __str__(self) -> str:
         prefix = f"{self.location}: " if self.location else ""
         return f"{prefix}warning: {self.message}"
+
+
+MAX_REPORTED_ERRORS = 20
+
+
+class SpecErrors(SpecError):
+    """Several spec errors found in one pass, reported together, sorted by position (one line each)."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = sorted(errors, key=_position)
+        first = self.errors[0]
+        super().__init__(first.message, first.location)
+
+    def __str__(self) -> str:
+        shown = [SpecError.__str__(error) for error in self.errors[:MAX_REPORTED_ERRORS]]
+        if len(self.errors) > MAX_REPORTED_ERRORS:
+            shown.append(f"... and {len(self.errors) - MAX_REPORTED_ERRORS} more")
+        return "\n".join(shown)
+
+
+def _position(error: SpecError) -> tuple[str, int, int]:
+    where = error.location
+    return ("", 0, 0) if where is None else (where.file, where.line, where.column)
+
+
+def did_you_mean(word: object, choices: object) -> str:
+    """``; did you mean 'clients'?`` when ``word`` is a near miss of one of ``choices``, else ``""``."""
+    import difflib
+
+    if not isinstance(word, str) or not isinstance(choices, list | tuple | set | frozenset | dict):
+        return ""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

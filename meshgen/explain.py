@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from meshgen.catalog import CATEGORIES, load_catalog
 from meshgen.identity import representative_identity
 from meshgen.policy import Decision, Identity, Request, decide
 from meshgen.spec import LoadedSpec, Spec
 from meshgen.spec.source import SourceDocument
+
+if TYPE_CHECKING:
+    from meshgen.why import WithheldGrant
 
 ANY_MODEL = "any-model"
 _EMPTY_SOURCE = SourceDocument("<explain>", {}, {})
@@ -142,6 +145,7 @@ def render_explanation(loaded: LoadedSpec, fmt: Format) -> str:
                 s: {c: {p: cell.as_json() for p, cell in cells.items()} for c, cells in row.items()}
                 for s, row in matrix.items()
             },
+            "withheld": [item.as_json() for item in _withheld(loaded)],
         }
         return json.dumps(data, indent=2) + "\n"
     sections = []
@@ -152,9 +156,22 @@ def render_explanation(loaded: LoadedSpec, fmt: Format) -> str:
         header = [f"{titles[protocol]} category", *subjects]
         sections.append(_markdown(header, rows) if fmt == "markdown" else _table(header, rows))
     title = f"Access matrix for {loaded.spec.metadata.namespace}/{loaded.spec.metadata.name}"
+    withheld = [item.text() for item in _withheld(loaded)]
+    if withheld:
+        bullet = "- " if fmt == "markdown" else "  "
+        sections.append(
+            "Withheld grants (a rule grants them, these targets do not make them):\n"
+            + "\n".join(bullet + line for line in withheld)
+        )
     if fmt == "markdown":
         return f"### {title}\n\n" + "\n\n".join(sections) + "\n"
     return f"{title}\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _withheld(loaded: LoadedSpec) -> list[WithheldGrant]:
+    from meshgen.why import withheld_grants
+
+    return withheld_grants(loaded)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

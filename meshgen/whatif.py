@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from meshgen.errors import MeshgenError
+from meshgen.errors import MeshgenError, did_you_mean
+from meshgen.features import Feature
 from meshgen.identity import representative_identity
 from meshgen.policy import Decision, Identity, Request, decide
+from meshgen.policy.decide import EVERY_FEATURE
 from meshgen.spec import LoadedSpec
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
@@ -36,6 +39,7 @@ def what_if(
     headers: list[str],
     port: str | None = None,
     model: str | None = None,
+    enforced: Collection[Feature] = EVERY_FEATURE,
 ) -> WhatIf:
     spec = loaded.spec
     if subject == "anyone":
@@ -44,7 +48,9 @@ def what_if(
         identity = representative_identity(spec.clients[subject])
     else:
         known = ", ".join(["anyone", *spec.clients])
-        raise MeshgenError(f"--from: unknown client {subject!r} (one of: {known})")
+        raise MeshgenError(
+            f"--from: unknown client {subject!r} (one of: {known})" + did_you_mean(subject, list(spec.clients))
+        )
     extra = {}
     for item in headers:
         name, sep, value = item.partition("=")
@@ -59,7 +65,7 @@ def what_if(
                 "--model is for --grpc calls and OpenAI inference routes (JSON body): an HTTP path names its model"
             )
         request = dataclasses.replace(request, body_model=model)
-    decision = decide(spec, request)
+    decision = decide(spec, request, enforced)
     location = None
     if decision.rule_index is not None:
         location = str(loaded.location("rules", decision.rule_index))

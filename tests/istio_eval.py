@@ -13,6 +13,11 @@ It models what the Envoy RBAC filters built by istiod do on a sidecar's inbound 
   removal of the verified token, and the payload that ``requestPrincipals`` / ``request.auth.*`` read
   (Istio 1.30.3 ``pilot/pkg/security/authn`` + Envoy 1.40 jwt_authn / jwt_verify_lib; /work/notes/jwt.md).
 
+Ambient mode (end of file, from the Istio 1.30.3 ambient source): ``evaluate_ambient`` runs a request
+through the waypoint (``targetRefs`` policies, the client's identity) and then the destination ztunnel
+(policies without ``targetRefs`` as ``convertAuthorizationPolicy`` reduces them to L4, the waypoint's
+identity), or straight to the pod's ztunnel.
+
 Anything it does not model raises :class:`UnsupportedPolicyError`; anything the Istio API server or
 webhook would reject raises :class:`InvalidPolicyError`. Both are ``ValueError`` so a test fails loudly
 instead of silently evaluating something Istio would never run.
@@ -40,20 +45,29 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import HMACAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 
 __all__ = [
+    "Ambient",
     "InvalidPolicyError",
     "IstioRequest",
+    "L4Connection",
     "Outcome",
     "UnsupportedPolicyError",
     "Verdict",
     "Workload",
+    "ZtunnelPolicy",
+    "ambient_strict",
     "evaluate",
     "evaluate_all",
+    "evaluate_ambient",
     "evaluate_outcomes",
     "normalize_path",
     "policy_applies",
     "rule_matches",
     "validate_policy",
     "validate_request_authentication",
+    "waypoint_policy_applies",
+    "ztunnel_decision",
+    "ztunnel_policy",
+    "ztunnel_policy_matches",
 ]
 
 Policy = Mapping[str, Any]
@@ -1692,3 +1706,401 @@ def _mode(mtls: Any, inherited: str) -> str:
     if mode not in _MTLS_MODES:
         raise InvalidPolicyError(f"unknown mTLS mode {mode!r}")
     return inherited if mode == "UNSET" else str(mode)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ambient mode (Istio 1.30.3): the destination ztunnel (L4) and the waypoint (L7) as two stages
+# ---------------------------------------------------------------------------------------------------
+#
+# Written from the Istio 1.30.3 source (/work/notes/ambient.md):
+#
+# * The waypoint is an Envoy that reads only policies with targetRefs (pilot/pkg/model/policyattachment.go
+#   ShouldAttachPolicy: "waypoints never use selector"): kind Service (core group) named like the Service,
+#   in the Service's namespace; kind Gateway named like the waypoint, in its namespace; kind GatewayClass
+#   istio-waypoint in the root namespace. RequestAuthentication attaches the same way
+#   (model/authentication.go getConfigsForWorkload). Its RBAC is the sidecar's (same builder, with
+#   principals read from the io.istio.peer_principal filter state = the URI SAN of the HBONE client
+#   certificate: the original client's identity, xds/filters/filters.go ConnectAuthorityFilter), and the
+#   source address is restored from %DOWNSTREAM_REMOTE_ADDRESS% of the HBONE connection (the client pod).
+#   So the waypoint stage is the sidecar decision above over the targetRefs policies.
+# * The destination ztunnel reads only policies without targetRefs, converted by
+#   pilot/pkg/serviceregistry/ambient/authorization.go convertAuthorizationPolicy / handleRule: ALLOW and
+#   DENY only (AUDIT, CUSTOM and dry-run policies are not sent); per rule one clause of `to` matches
+#   (ports), one of `from` matches (ipBlocks, principals, namespaces, serviceAccounts), one per `when`
+#   (source.ip/.namespace/.principal, destination.ip/.port; any other key is HTTP). HTTP fields (hosts,
+#   methods, paths, remoteIpBlocks, requestPrincipals and their not* forms, other when keys) are dropped;
+#   an ALLOW rule that had any is dropped whole ("L7 policies never match for ALLOW"). trustDomains are
+#   silently ignored. ztunnel (src/rbac.rs Authorization::matches) then skips empty matches, so a clause
+#   whose matches are all empty never matches, and a policy without rules never matches;
+#   src/state.rs assert_rbac: a matching DENY rejects, no ALLOW policy allows, a matching ALLOW allows.
+#   It sees the connection: the resolved container port, the peer IP, the HBONE peer identity (None for
+#   plaintext) - for traffic relayed by a waypoint, the waypoint's identity and IP.
+# * PeerAuthentication at ztunnel (authorization.go convertedSelectorPeerAuthentications, policies.go
+#   DefaultPolicy, convertPeerAuthentication): effective STRICT adds DENY {notPrincipals: presence}
+#   (plaintext); DISABLE counts as not-STRICT; a workload policy's portLevelMtls decides for its port.
+
+_WAYPOINT_CLASS: Final = "istio-waypoint"
+_CORE_GROUPS: Final = frozenset({"", "core"})
+_GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
+_L4_WHEN: Final[Mapping[str, str]] = {
+    "source.ip": "source_ips",
+    "source.namespace": "namespaces",
+    "source.principal": "principals",
+    "destination.ip": "destination_ips",
+    "destination.port": "destination_ports",
+}
+_HTTP_OPERATION_FIELDS: Final = frozenset({"hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"})
+_HTTP_SOURCE_FIELDS: Final = frozenset(
+    {"remoteIpBlocks", "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals"}
+)
+
+
+@dataclass(frozen=True)
+class Ambient:
+    """The Triton pods (captured by ztunnel), their Service bound to a waypoint (``istio.io/use-waypoint``)."""
+
+    workload: Workload
+    service: str  # in workload.namespace
+    waypoint: str  # the waypoint Gateway's name, in workload.namespace
+    waypoint_principal: str  # "<td>/ns/<ns>/sa/<sa>" of the waypoint pods (SA = Gateway name by default)
+    waypoint_ip: str = "10.255.0.9"
+
+
+@dataclass(frozen=True)
+class L4Connection:
+    """A connection as the destination ztunnel sees it."""
+
+    port: int  # container port (ztunnel resolves the HBONE target to it)
+    principal: str | None  # HBONE peer identity; None: plaintext from outside the mesh
+    source_ip: str | None
+
+
+@dataclass(frozen=True)
+class _Match:
+    """security.Match (authorization.proto): fields ANDed; values ORed; not* = none of them."""
+
+    fields: tuple[tuple[str, tuple[str, ...]], ...]  # (field, values), e.g. ("not_principals", ("*",))
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(values for _, values in self.fields)
+
+
+@dataclass(frozen=True)
+class ZtunnelPolicy:
+    """What istiod sends to ztunnel for one AuthorizationPolicy: rules of clauses of matches."""
+
+    name: str
+    namespace: str
+    scope: str  # WORKLOAD_SELECTOR / NAMESPACE / GLOBAL
+    labels: Mapping[str, str] | None  # WORKLOAD_SELECTOR: the matchLabels (None: nil selector)
+    action: str  # ALLOW / DENY
+    rules: tuple[tuple[tuple[_Match, ...], ...], ...]  # group -> clauses -> matches
+    dropped_http: tuple[str, ...] = ()  # what the ZtunnelAccepted status lists as unsupported
+
+
+def _port_values(values: Sequence[str]) -> tuple[str, ...]:
+    # stringToPort: a value that is not a number <= 65535 is silently dropped.
+    return tuple(v for v in values if v.isdigit() and int(v) <= 65535)
+
+
+def _ip_values(values: Sequence[str]) -> tuple[str, ...]:
+    kept = []
+    for value in values:  # stringToIP: unparsable values are silently dropped
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            continue
+        kept.append(value)
+    return tuple(kept)
+
+
+def _source_match(source: Mapping[str, Any], policy_namespace: str) -> _Match:
+    def values(key: str) -> tuple[str, ...]:
+        return tuple(_strings(source.get(key) or [], key))
+
+    def accounts(key: str) -> tuple[str, ...]:
+        # stringToServiceAccountMatch: a bare "<sa>" is in the policy's namespace.
+        return tuple(v if "/" in v else f"{policy_namespace}/{v}" for v in values(key))
+
+    return _Match(
+        (
+            ("source_ips", _ip_values(values("ipBlocks"))),
+            ("not_source_ips", _ip_values(values("notIpBlocks"))),
+            ("namespaces", values("namespaces")),
+            ("not_namespaces", values("notNamespaces")),
+            ("service_accounts", accounts("serviceAccounts")),
+            ("not_service_accounts", accounts("notServiceAccounts")),
+            ("principals", values("principals")),
+            ("not_principals", values("notPrincipals")),
+        )
+    )
+
+
+def ztunnel_policy(document: Policy, root_namespace: str = "istio-system") -> ZtunnelPolicy | None:
+    """convertAuthorizationPolicy: None when istiod sends nothing to ztunnel for this policy."""
+    validate_policy(document)
+    spec = _spec(document)
+    if _is_dry_run(document):  # AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY is off by default
+        return None
+    if spec.get("targetRef") or spec.get("targetRefs"):  # "TargetRef is not intended for ztunnel"
+        return None
+    action = _action(document)
+    if action not in ("ALLOW", "DENY"):  # "ztunnel does not support the %s action"
+        return None
+    namespace = _namespace(document)
+    labels: Mapping[str, str] | None = None
+    if "selector" in spec:
+        scope = "WORKLOAD_SELECTOR"
+        match_labels = _mapping(spec.get("selector") or {}, "spec.selector").get("matchLabels")
+        labels = None if not match_labels else dict(_mapping(match_labels, "spec.selector.matchLabels"))
+    else:
+        scope = "GLOBAL" if namespace == root_namespace else "NAMESPACE"
+    groups = []
+    dropped: set[str] = set()
+    for rule in _rules(document):
+        clauses, http = _handle_rule(_mapping(rule, "rule"), namespace)
+        dropped |= http
+        if action == "ALLOW" and http:
+            continue  # "L7 policies never match for ALLOW": the rule is dropped
+        groups.append(clauses)
+    return ZtunnelPolicy(
+        _mapping(document["metadata"], "metadata")["name"],
+        namespace,
+        scope,
+        labels,
+        action,
+        tuple(groups),
+        tuple(sorted(dropped)),
+    )
+
+
+def _handle_rule(rule: Mapping[str, Any], namespace: str) -> tuple[tuple[tuple[_Match, ...], ...], set[str]]:
+    http: set[str] = set()
+    clauses: list[tuple[_Match, ...]] = []
+    to_matches = []
+    for entry in rule.get("to") or []:
+        operation = _mapping(entry.get("operation"), "operation")
+        http |= _HTTP_OPERATION_FIELDS & {k for k, v in operation.items() if v}
+        to_matches.append(
+            _Match(
+                (
+                    ("destination_ports", _port_values(_strings(operation.get("ports") or [], "ports"))),
+                    ("not_destination_ports", _port_values(_strings(operation.get("notPorts") or [], "notPorts"))),
+                )
+            )
+        )
+    from_matches = []
+    for entry in rule.get("from") or []:
+        source = _mapping(entry.get("source"), "source")
+        http |= _HTTP_SOURCE_FIELDS & {k for k, v in source.items() if v}
+        from_matches.append(_source_match(source, namespace))
+    if to_matches:
+        clauses.append(tuple(to_matches))
+    if from_matches:
+        clauses.append(tuple(from_matches))
+    for condition in rule.get("when") or []:
+        key = condition["key"]
+        if key not in _L4_WHEN:
+            http.add(key)
+        fields = []
+        for name, field_name in _L4_WHEN.items():
+            if key != name:
+                continue
+            convert = (
+                _port_values
+                if field_name == "destination_ports"
+                else (_ip_values if field_name.endswith("_ips") else tuple)
+            )
+            fields.append((field_name, convert(_strings(condition.get("values") or [], "values"))))
+            fields.append((f"not_{field_name}", convert(_strings(condition.get("notValues") or [], "notValues"))))
+        clauses.append((_Match(tuple(fields)),))
+    return tuple(clauses), http
+
+
+def _ztunnel_string(pattern: str, value: str) -> bool:
+    # stringToMatch: "*" presence (non-empty), "*x" suffix, "x*" prefix, else exact.
+    if pattern == "*":
+        return value != ""
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return value == pattern
+
+
+def _ztunnel_value(field_name: str, value: str, connection: L4Connection) -> bool:
+    principal = connection.principal
+    if field_name == "principals":  # matches_principal: no identity, no match
+        return principal is not None and _ztunnel_string(value, principal)
+    if field_name == "namespaces":  # the identity's namespace, "" without one
+        parts = (principal or "").split("/")
+        return _ztunnel_string(value, parts[2] if len(parts) == 5 else "")
+    if field_name == "service_accounts":  # exact namespace and SA; the trust domain is ignored
+        if principal is None:
+            return False
+        parts = principal.split("/")
+        return len(parts) == 5 and f"{parts[2]}/{parts[4]}" == value
+    if field_name == "source_ips":
+        return connection.source_ip is not None and _ip_matches(value, connection.source_ip)
+    if field_name == "destination_ports":
+        return int(value) == connection.port
+    if field_name == "destination_ips":
+        raise UnsupportedPolicyError("destination.ip at ztunnel is not modelled")
+    raise AssertionError(field_name)
+
+
+def _ztunnel_match(match: _Match, connection: L4Connection) -> bool:
+    for field_name, values in match.fields:
+        if not values:
+            continue
+        negated = field_name.startswith("not_")
+        base = field_name.removeprefix("not_")
+        hit = any(_ztunnel_value(base, value, connection) for value in values)
+        if hit == negated:
+            return False
+    return True
+
+
+def ztunnel_policy_matches(policy: ZtunnelPolicy, connection: L4Connection) -> bool:
+    """rbac.rs Authorization::matches: OR of rules; AND of clauses; OR of non-empty matches."""
+    for clauses in policy.rules:
+        if all(any(not match.is_empty and _ztunnel_match(match, connection) for match in clause) for clause in clauses):
+            return True  # a rule without clauses matches
+    return False  # no rules: never matches
+
+
+def _ztunnel_applies(policy: ZtunnelPolicy, workload: Workload, root_namespace: str) -> bool:
+    if policy.scope == "GLOBAL":
+        return True
+    if policy.scope == "NAMESPACE":
+        return policy.namespace == workload.namespace
+    # buildWorkloadPolicies: a nil label selector attaches nowhere.
+    if policy.labels is None or policy.namespace not in (workload.namespace, root_namespace):
+        return False
+    return all(workload.labels.get(k) == v for k, v in policy.labels.items())
+
+
+def ambient_strict(
+    documents: Sequence[Mapping[str, Any]], workload: Workload, port: int, root_namespace: str = "istio-system"
+) -> bool:
+    """Does ztunnel refuse plaintext on ``port``? (convertedSelectorPeerAuthentications + portLevelMtls)"""
+    mesh: Mapping[str, Any] | None = None
+    namespace: Mapping[str, Any] | None = None
+    selected: Mapping[str, Any] | None = None
+    for document in documents:
+        if document.get("kind") != "PeerAuthentication":
+            continue
+        spec = _spec(document)
+        ns = _namespace(document)
+        labels = _mapping(_mapping(spec.get("selector") or {}, "spec.selector").get("matchLabels") or {}, "labels")
+        if not labels:
+            if ns == root_namespace:
+                mesh = mesh or spec
+            elif ns == workload.namespace:
+                namespace = namespace or spec
+        elif ns == workload.namespace != root_namespace and all(workload.labels.get(k) == v for k, v in labels.items()):
+            selected = selected or spec
+    strict = False
+    for level in (mesh, namespace, selected):
+        if level is not None:
+            mode = _mode(level.get("mtls"), "STRICT" if strict else "PERMISSIVE")
+            strict = mode == "STRICT"  # DISABLE, like PERMISSIVE, is not strict
+    if selected is not None:
+        port_level = _mapping(selected.get("portLevelMtls") or {}, "spec.portLevelMtls")
+        if str(port) in port_level:
+            strict = _mode(port_level[str(port)], "STRICT" if strict else "PERMISSIVE") == "STRICT"
+    return strict
+
+
+def ztunnel_decision(
+    documents: Sequence[Mapping[str, Any]],
+    workload: Workload,
+    connection: L4Connection,
+    root_namespace: str = "istio-system",
+) -> Outcome:
+    """state.rs assert_rbac at the destination ztunnel, PeerAuthentication's static STRICT deny included."""
+    policies = [
+        converted
+        for document in documents
+        if document.get("kind", "AuthorizationPolicy") == "AuthorizationPolicy"
+        and (converted := ztunnel_policy(document, root_namespace)) is not None
+        and _ztunnel_applies(converted, workload, root_namespace)
+    ]
+    if connection.principal is None and ambient_strict(documents, workload, connection.port, root_namespace):
+        return Outcome(Verdict.DENIED, "ztunnel: explicitly denied (istio_converted_static_strict)")
+    for policy in policies:
+        if policy.action == "DENY" and ztunnel_policy_matches(policy, connection):
+            return Outcome(Verdict.DENIED, f"ztunnel: explicitly denied (DENY {policy.namespace}/{policy.name})")
+    allows = [policy for policy in policies if policy.action == "ALLOW"]
+    if not allows:
+        return Outcome(Verdict.ALLOWED, "ztunnel: no ALLOW policy")
+    for policy in allows:
+        if ztunnel_policy_matches(policy, connection):
+            return Outcome(Verdict.ALLOWED, f"ztunnel: ALLOW {policy.namespace}/{policy.name}")
+    return Outcome(Verdict.DENIED, "ztunnel: not allowed")
+
+
+def waypoint_policy_applies(policy: Policy, ambient: Ambient, root_namespace: str = "istio-system") -> bool:
+    """ShouldAttachPolicy for the waypoint's per-Service chain of ``ambient.service``."""
+    spec = _spec(policy)
+    refs = [spec["targetRef"]] if spec.get("targetRef") else list(spec.get("targetRefs") or [])
+    namespace = _namespace(policy)
+    for ref in refs:
+        group, kind, name = ref.get("group") or "", ref.get("kind"), ref.get("name")
+        service = kind == "Service" and group in _CORE_GROUPS and name == ambient.service
+        if service and namespace == ambient.workload.namespace:
+            return True
+        waypoint_class = kind == "GatewayClass" and group == _GATEWAY_GROUP and name == _WAYPOINT_CLASS
+        if waypoint_class and namespace == root_namespace:
+            return True
+        gateway = kind == "Gateway" and group == _GATEWAY_GROUP and name == ambient.waypoint
+        if gateway and namespace == ambient.workload.namespace:
+            return True
+    return False  # selector and namespace-wide policies: "waypoints never use selector"
+
+
+def evaluate_ambient(
+    documents: Sequence[Mapping[str, Any]],
+    ambient: Ambient,
+    requests: Iterable[IstioRequest],
+    *,
+    via_waypoint: bool = True,
+    root_namespace: str = "istio-system",
+) -> list[Outcome]:
+    """Each request through the waypoint (its L7 policy) and then the destination ztunnel (which sees the
+    waypoint), or - ``via_waypoint=False`` - straight to the pod's ztunnel (which sees the client)."""
+    authorization, authentications = [], []
+    for document in documents:
+        kind = document.get("kind")
+        if kind == "AuthorizationPolicy":
+            validate_policy(document)
+            authorization.append(document)
+        elif kind == _RA_KIND:
+            validate_request_authentication(document)
+            authentications.append(document)
+    by_action: dict[str, list[Policy]] = {action: [] for action in _ACTIONS}
+    for policy in authorization:
+        if waypoint_policy_applies(policy, ambient, root_namespace) and not _is_dry_run(policy):
+            by_action[_action(policy)].append(policy)
+    if by_action["CUSTOM"]:
+        raise UnsupportedPolicyError("CUSTOM (ext_authz) policies are not modelled by this evaluator")
+    providers = _jwt_providers([ra for ra in authentications if waypoint_policy_applies(ra, ambient, root_namespace)])
+    outcomes = []
+    for request in requests:
+        if not via_waypoint:
+            outcomes.append(
+                ztunnel_decision(
+                    documents, ambient.workload, L4Connection(request.port, request.principal, request.source_ip)
+                )
+            )
+            continue
+        if request.principal is None:
+            raise ValueError("only mesh clients (with an HBONE identity) reach a waypoint")
+        at_waypoint = _decide(by_action, providers, request)
+        if not at_waypoint.allowed:
+            outcomes.append(at_waypoint)
+            continue
+        relayed = L4Connection(request.port, ambient.waypoint_principal, ambient.waypoint_ip)
+        outcomes.append(ztunnel_decision(documents, ambient.workload, relayed, root_namespace))
+    return outcomes

@@ -28,7 +28,7 @@ from meshgen.targets.contract import (
     lower,
 )
 from meshgen.targets.registry import TARGETS
-from tests.support.goldens import assert_golden_directory, golden_cases, load_case
+from tests.support.goldens import all_golden_cases, assert_golden_directory, load_case
 
 KINDS = {
     Principals: Feature.PRINCIPALS,
@@ -41,14 +41,14 @@ TARGET_IDS = [target.name for target in TARGETS]
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("case", golden_cases())
+@pytest.mark.parametrize("case", all_golden_cases())
 def test_golden_directory_is_the_bundle(case: str, update_goldens: bool) -> None:
     """tests/golden/<case>/ = the files `meshgen all` writes + <output>.error per refusal + variants."""
     assert_golden_directory(case, update_goldens)
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
-@pytest.mark.parametrize("case", golden_cases())
+@pytest.mark.parametrize("case", all_golden_cases())
 def test_every_output_is_deterministic(target: Target[Any], case: str) -> None:
     policy = compile_policy(load_case(case))
     for output in target.outputs:
@@ -161,7 +161,7 @@ def test_withheld_narrowing_drops_allow_grants_and_widens_denies_to_every_model(
 
 def test_lowering_never_widens_an_allow() -> None:
     """Every target: the lowered allow grants are a subset of the compiled ones."""
-    for case in golden_cases():
+    for case in all_golden_cases():
         policy = compile_policy(load_case(case))
         for target in TARGETS:
             for output in target.outputs:

@@ -26,6 +26,7 @@ from meshgen.policy.identity import (
     Principals,
 )
 from meshgen.policy.model import (
+    AmbientMesh,
     BodyInspection,
     GrpcGrant,
     HttpGrant,
@@ -38,7 +39,14 @@ from meshgen.policy.model import (
     WorkloadPorts,
 )
 from meshgen.spec import Client, LoadedSpec, Rule
-from meshgen.spec.model import Addresses, Spec, Standalone
+from meshgen.spec.model import (
+    DEFAULT_TRUST_DOMAIN,
+    DEFAULT_WAYPOINT,
+    NO_WAYPOINT,
+    Addresses,
+    Spec,
+    Standalone,
+)
 
 
 def compile_policy(loaded: LoadedSpec) -> Policy:
@@ -91,6 +99,21 @@ def compile_policy(loaded: LoadedSpec) -> Policy:
         body_inspection=BodyInspection(spec.body_inspection.enabled, spec.body_inspection.max_bytes),
         standalone=standalone_settings(spec.standalone),
         jwt_providers=jwt_providers(loaded, [client for rule in rules for client in rule.clients or ()]),
+        ambient=ambient_mesh(loaded),
+    )
+
+
+def ambient_mesh(loaded: LoadedSpec) -> AmbientMesh | None:
+    spec = loaded.spec
+    if spec.mesh.mode != "ambient":
+        return None
+    assert spec.workload.service is not None  # meshgen.spec.checks
+    waypoint = spec.mesh.waypoint or DEFAULT_WAYPOINT
+    return AmbientMesh(
+        service=spec.workload.service,
+        waypoint=None if waypoint == NO_WAYPOINT else waypoint,
+        trust_domain=spec.mesh.trust_domain or DEFAULT_TRUST_DOMAIN,
+        location=loaded.location("mesh"),
     )
 
 

@@ -180,6 +180,21 @@ class JwtProvider:
 
 
 @dataclass(frozen=True)
+class AmbientMesh:
+    """Istio ambient: ztunnel on every node, L7 rules on the waypoint in front of the Service."""
+
+    service: str  # the Triton Service (workload namespace): waypoint policies target it
+    waypoint: str | None  # the waypoint Gateway's name (workload namespace); None: no waypoint
+    trust_domain: str  # for the waypoint's identity
+    location: SourceLocation  # of the spec's mesh section
+
+    def waypoint_principal(self, namespace: str) -> str:
+        """The waypoint's SPIFFE identity: its ServiceAccount is named after the Gateway."""
+        assert self.waypoint is not None
+        return f"{self.trust_domain}/ns/{namespace}/sa/{self.waypoint}"
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     namespace: str
@@ -193,6 +208,7 @@ class Policy:
     body_inspection: BodyInspection
     standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
     jwt_providers: tuple[JwtProvider, ...] = ()  # of the clients rules use, sorted by issuer
+    ambient: AmbientMesh | None = None  # None: sidecar mode
 
     def port(self, name: PortName) -> int:
         return self.ports.get(name)

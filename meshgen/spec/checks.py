@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from meshgen.catalog import load_catalog
-from meshgen.errors import SpecError
+from meshgen.errors import SpecError, SpecErrors, did_you_mean
 from meshgen.spec.model import Client, EnvRef, Jwks, Rule, Spec
 from meshgen.spec.source import SourceDocument
 
 
 def check_spec(spec: Spec, doc: SourceDocument) -> None:
+    """Every check, each client's, rule's and section's first error reported together (SpecErrors)."""
+    errors: list[SpecError] = []
     for name, client in spec.clients.items():
-        _check_client(name, client, spec, doc)
-    _check_port_overrides(spec, doc)
+        _collect(errors, _check_client, name, client, spec, doc)
+    _collect(errors, _check_port_overrides, spec, doc)
+    _collect(errors, _check_mesh, spec, doc)
     for index, rule in enumerate(spec.rules):
-        _check_rule(index, rule, spec, doc)
+        _collect(errors, _check_rule, index, rule, spec, doc)
+    if errors:
+        raise SpecErrors(errors)
+
+
+def _collect(errors: list[SpecError], check: Callable[..., None], *args: Any) -> None:
+    try:
+        check(*args)
+    except SpecError as error:
+        errors.append(error)
 
 
 def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) -> None:
@@ -57,6 +70,24 @@ def _check_client(name: str, client: Client, spec: Spec, doc: SourceDocument) ->
         seen.add(header.lower())
 
 
+def _check_mesh(spec: Spec, doc: SourceDocument) -> None:
+    mesh = spec.mesh
+    if mesh.mode == "sidecar":
+        for key, value in (("waypoint", mesh.waypoint), ("trustDomain", mesh.trust_domain)):
+            if value is not None:
+                raise SpecError(
+                    f"mesh.{key} only applies to mesh.mode: ambient (sidecars enforce every rule themselves)",
+                    doc.location_of(("mesh", key)),
+                )
+        return
+    if spec.workload.service is None:
+        raise SpecError(
+            "mesh.mode ambient needs workload.service: the name of the Kubernetes Service in front of the "
+            "Triton pods, which the waypoint policies target (targetRefs)",
+            doc.location_of(("mesh", "mode")),
+        )
+
+
 def _check_port_overrides(spec: Spec, doc: SourceDocument) -> None:
     served = spec.workload.ports.served()
     numbers: dict[int, str | int] = {}
@@ -91,7 +122,11 @@ def _check_rule(index: int, rule: Rule, spec: Spec, doc: SourceDocument) -> None
             where = doc.location_of((*path, "from", position))
             if client not in spec.clients:
                 known = ", ".join(sorted(spec.clients)) or "none defined"
-                raise SpecError(f"rules[{index}].from: unknown client {client!r} (clients: {known})", where)
+                raise SpecError(
+                    f"rules[{index}].from: unknown client {client!r} (clients: {known})"
+                    + did_you_mean(client, list(spec.clients)),
+                    where,
+                )
             if rule.from_.index(client) != position:
                 raise SpecError(f"rules[{index}].from lists {client!r} twice", where)
     _check_models(index, rule, doc)

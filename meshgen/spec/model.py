@@ -170,6 +170,8 @@ class Ports(Strict):
 class Workload(Strict):
     selector: dict[str, str]
     ports: Ports = Ports()
+    # The Kubernetes Service in front of the pods (same namespace): what ambient waypoint policies target.
+    service: Name | None = None
 
     @field_validator("selector")
     @classmethod
@@ -291,6 +293,29 @@ class BodyInspection(Strict):
     max_bytes: int = Field(default=DEFAULT_INSPECTION_BYTES, ge=1024, le=MAX_INSPECTION_BYTES, alias="maxBytes")
 
 
+MeshMode = Literal["sidecar", "ambient"]
+NO_WAYPOINT = "none"  # Istio's reserved istio.io/use-waypoint value: no waypoint
+DEFAULT_WAYPOINT = "waypoint"  # istioctl's default waypoint name (constants.DefaultNamespaceWaypoint)
+DEFAULT_TRUST_DOMAIN = "cluster.local"  # Istio's default trust domain
+TRUST_DOMAIN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+
+
+def _check_trust_domain(value: str) -> str:
+    if not TRUST_DOMAIN.match(value) or len(value) > 253:
+        raise ValueError(f"trust domain {value!r} must be a DNS name such as 'cluster.local'")
+    return value
+
+
+class Mesh(Strict):
+    """The Istio data plane the workload runs in: sidecar proxies, or ambient (ztunnel plus a waypoint)."""
+
+    mode: MeshMode = "sidecar"
+    # Ambient only: the waypoint Gateway (class istio-waypoint) in the workload's namespace, or "none".
+    waypoint: Name | None = None
+    # Ambient only: the mesh's trust domain, for the waypoint's identity <td>/ns/<ns>/sa/<waypoint>.
+    trust_domain: Annotated[str, AfterValidator(_check_trust_domain)] | None = Field(default=None, alias="trustDomain")
+
+
 class Spec(Strict):
     api_version: Literal["meshgen/v1"] = Field(alias="apiVersion")
     kind: Literal["TritonAccessPolicy"]
@@ -301,3 +326,4 @@ class Spec(Strict):
     rules: list[Rule] = Field(default_factory=list)
     body_inspection: BodyInspection = Field(default_factory=BodyInspection, alias="bodyInspection")
     standalone: Standalone | None = None
+    mesh: Mesh = Field(default_factory=Mesh)

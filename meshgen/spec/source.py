@@ -139,7 +139,11 @@ class _Builder:
                 raise SpecError("YAML merge keys (<<) are not supported in a spec", key_location)
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be plain values", key_location)
-            key = self.loader.construct_object(key_node)
+            try:
+                key = self.loader.construct_object(key_node)
+            except yaml.MarkedYAMLError as exc:  # e.g. an unknown tag on a key (`!x b: ...`)
+                why = exc.problem or exc.context or "invalid"
+                raise SpecError(f"mapping key {key_node.value!r}: {why}", key_location) from None
             if not isinstance(key, str | int) or isinstance(key, bool):
                 raise SpecError(f"mapping key {key_node.value!r} must be a string or number", key_location)
             if key in result:

@@ -26,8 +26,22 @@ SPEC = "spec.yaml"
 VARIANT_CASES = frozenset({"headers-and-ips", "deny-allow-overlap"})
 
 
-def golden_cases() -> list[str]:
+# Ambient copies of golden specs (mesh.mode: ambient): only istio.yaml differs from their sidecar twin.
+AMBIENT_PREFIX = "ambient-"
+
+
+def all_golden_cases() -> list[str]:
     return sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / SPEC).is_file())
+
+
+def golden_cases() -> list[str]:
+    """The sidecar-mode cases: what every target's tests run on (an ambient copy would repeat its twin)."""
+    return [case for case in all_golden_cases() if not case.startswith(AMBIENT_PREFIX)]
+
+
+def ambient_cases() -> list[str]:
+    """The ambient-mode cases (``ambient-<twin>``): tests/test_istio_ambient.py."""
+    return [case for case in all_golden_cases() if case.startswith(AMBIENT_PREFIX)]
 
 
 def cases_generated_by(output: str) -> list[str]:

@@ -14,6 +14,7 @@ Envoy target's (tests/test_istio.py), run on the real Envoy by the Envoy conform
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from meshgen.policy import Request, decide
 from meshgen.policy.decide import EVERY_FEATURE
 from meshgen.spec import Spec
 from meshgen.targets.envoy.openai import JSON_FILTER
-from tests.istio_eval import IstioRequest, Workload, evaluate_all
+from tests.istio_eval import Ambient, IstioRequest, Outcome, Workload, evaluate_all, evaluate_ambient
 from tests.support.matrix import JSON, BodyRequest
 
 _FIELD = re.compile(r'\["(?P<path>/[^"]+)"\] = (?P<field>[0-9]+),')
@@ -155,3 +156,67 @@ def istio_mismatches(
         if allowed != decide(spec, request, enforced).allowed:
             mismatches.append(f"{label}: istio {'allows' if allowed else 'denies'}, decide() does not")
     return mismatches
+
+
+# --- ambient: the same matrix through the waypoint and the destination ztunnel -------------------------
+
+# A pod captured by ambient always has an identity: a request the matrix sends without one comes, in
+# ambient, from a mesh pod whose identity matches no client (and, separately, from outside the mesh,
+# which can only reach the pod directly: see ``ambient_direct_results``).
+AMBIENT_OUTSIDER = "cluster.local/ns/ambient-outsider/sa/client"
+
+
+@dataclass(frozen=True)
+class AmbientResult:
+    compared: int  # matrix requests through waypoint + ztunnel, compared with decide()
+    mismatches: tuple[str, ...]
+
+
+def ambient_topology(spec: Spec) -> Ambient:
+    """The evaluator's view of the spec's deployment, read from the spec (not from meshgen's output)."""
+    assert spec.workload.service is not None
+    waypoint = spec.mesh.waypoint or "waypoint"
+    trust_domain = spec.mesh.trust_domain or "cluster.local"
+    namespace = spec.metadata.namespace
+    return Ambient(
+        Workload(namespace, spec.workload.selector),
+        spec.workload.service,
+        waypoint,
+        f"{trust_domain}/ns/{namespace}/sa/{waypoint}",
+    )
+
+
+def as_mesh_client(request: Request) -> Request:
+    if request.identity.principal is not None:
+        return request
+    return dataclasses.replace(request, identity=dataclasses.replace(request.identity, principal=AMBIENT_OUTSIDER))
+
+
+def ambient_mismatches(
+    spec: Spec,
+    documents: Sequence[Mapping[str, Any]],
+    matrix: Sequence[tuple[str, Request]],
+    enforced: Collection[Feature] = EVERY_FEATURE,
+) -> AmbientResult:
+    """Every request, from a mesh client, through the waypoint then the destination ztunnel, == decide()."""
+    ambient = ambient_topology(spec)
+    ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
+    mesh = [(label, as_mesh_client(request)) for label, request in matrix]
+    observed = evaluate_ambient(documents, ambient, [to_istio(request, ports) for _, request in mesh])
+    mismatches = []
+    for (label, request), outcome in zip(mesh, observed, strict=True):
+        if outcome.allowed != decide(spec, request, enforced).allowed:
+            verdict = "allows" if outcome.allowed else f"denies ({outcome.reason})"
+            mismatches.append(f"{label}: ambient {verdict}, decide() does not")
+    return AmbientResult(len(mesh), tuple(mismatches))
+
+
+def ambient_direct_results(
+    spec: Spec, documents: Sequence[Mapping[str, Any]], matrix: Sequence[tuple[str, Request]]
+) -> list[tuple[str, Request, Outcome]]:
+    """Every request sent straight to the pod (pod IP, or from outside the mesh): only ztunnel decides."""
+    ambient = ambient_topology(spec)
+    ports = {name: spec.workload.ports.by_name(name) for name in ("http", "grpc", "metrics")}
+    requests = [to_istio(request, ports) for _, request in matrix]
+    outcomes = evaluate_ambient(documents, ambient, requests, via_waypoint=False)
+    return [(label, request, outcome) for (label, request), outcome in zip(matrix, outcomes, strict=True)]

@@ -5,6 +5,10 @@ whose ``to`` operations carry the container port, the catalog's methods and exac
 templates, and whose ``from``/``when`` carry the client identities. A client whose identity needs a
 ``when`` condition (headers) gets an Istio rule of its own, because ``when`` applies to the whole rule,
 not to one ``from`` entry.
+
+Ambient mode (``policy.ambient``) writes the same rules as waypoint policies (``targetRefs`` to the
+Triton Service) and one ztunnel policy (``selector``, L4 fields only) that admits only the waypoint's
+identity, so no request reaches Triton without the waypoint's L7 checks (docs/targets.md).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshgen.address import PORT_NAMES
 from meshgen.catalog import ANY_SEGMENT
 from meshgen.errors import CompileWarning, TargetError
 from meshgen.policy.identity import ClientIdentity, Headers, IpBlocks, Jwt, Namespaces, Principals
-from meshgen.policy.model import Policy, PolicyRule
+from meshgen.policy.model import AmbientMesh, Policy, PolicyRule
 from meshgen.render import load_yaml_all
 from meshgen.render import render as render_template
 from meshgen.targets.contract import Encoders, Rendered, Unencodable, encode_identity
@@ -122,15 +127,21 @@ def parse_back(text: str) -> object:
 
 
 def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
+    if policy.ambient is not None:
+        return ambient_context(policy, policy.ambient)
     annotations = dict(DRY_RUN) if dry_run else {}
+    selector = {"matchLabels": dict(policy.selector)}
     policies = []
-    deny_rules = istio_rules(policy, policy.rules_for("deny"))
-    if policy.jwt_providers:
-        deny_rules.insert(0, UNREAD_AUTHORIZATION_RULE)
-        _check_rule_count(len(deny_rules))
+    deny_rules = _deny_rules(policy)
     if deny_rules:
         policies.append(
-            {"name": f"{policy.name}-deny", "action": "DENY", "rules": deny_rules, "annotations": annotations}
+            {
+                "name": f"{policy.name}-deny",
+                "action": "DENY",
+                "rules": deny_rules,
+                "annotations": annotations,
+                "attachment": {"selector": selector},
+            }
         )
     # Always present: an ALLOW policy with no rules allows nothing, which is the default-deny we want.
     policies.append(
@@ -139,6 +150,7 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
             "action": "ALLOW",
             "rules": istio_rules(policy, policy.rules_for("allow")),
             "annotations": annotations,
+            "attachment": {"selector": selector},
         }
     )
     envoy_filters = []
@@ -166,16 +178,38 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
                 ),
             }
         )
-    request_authentication = None
+    return _context(policy, policies, _request_authentication(policy, {"selector": selector}), envoy_filters)
+
+
+def _deny_rules(policy: Policy) -> list[dict[str, Any]]:
+    deny_rules = istio_rules(policy, policy.rules_for("deny"))
     if policy.jwt_providers:
-        jwt_rules = []
-        for provider in policy.jwt_providers:
-            jwt_rule: dict[str, Any] = {"issuer": provider.issuer}
-            if provider.audiences is not None:
-                jwt_rule["audiences"] = list(provider.audiences)
-            jwt_rule |= {"jwks": provider.jwks, "fromHeaders": [dict(TOKEN_HEADER)]}
-            jwt_rules.append(jwt_rule)
-        request_authentication = {"name": f"{policy.name}-jwt", "jwt_rules": jwt_rules}
+        deny_rules.insert(0, UNREAD_AUTHORIZATION_RULE)
+        _check_rule_count(len(deny_rules))
+    return deny_rules
+
+
+def _request_authentication(policy: Policy, attachment: dict[str, Any]) -> dict[str, Any] | None:
+    if not policy.jwt_providers:
+        return None
+    jwt_rules = []
+    for provider in policy.jwt_providers:
+        jwt_rule: dict[str, Any] = {"issuer": provider.issuer}
+        if provider.audiences is not None:
+            jwt_rule["audiences"] = list(provider.audiences)
+        jwt_rule |= {"jwks": provider.jwks, "fromHeaders": [dict(TOKEN_HEADER)]}
+        jwt_rules.append(jwt_rule)
+    return {"name": f"{policy.name}-jwt", "jwt_rules": jwt_rules, "attachment": attachment}
+
+
+def _context(
+    policy: Policy,
+    policies: list[dict[str, Any]],
+    request_authentication: dict[str, Any] | None,
+    envoy_filters: list[dict[str, Any]],
+    mtls: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    mode_of = dict(mtls or {})
     return {
         "api_version": API_VERSION,
         "networking_api_version": NETWORKING_API_VERSION,
@@ -187,10 +221,80 @@ def build_context(policy: Policy, dry_run: bool = False) -> dict[str, Any]:
         "policies": policies,
         "peer_authentication": {
             "name": f"{policy.name}-mtls",
-            "mode": policy.mtls_mode,
-            "port_level_mtls": {str(item.port): {"mode": item.mode} for item in policy.port_mtls},
+            "mode": mode_of.get(policy.mtls_mode, policy.mtls_mode),
+            "port_level_mtls": {
+                str(item.port): {"mode": mode_of.get(item.mode, item.mode)} for item in policy.port_mtls
+            },
         },
     }
+
+
+# --- ambient ------------------------------------------------------------------------------------------
+
+# Waypoints read only targetRefs policies (policyattachment.go ShouldAttachPolicy); a Service in the
+# policy's own namespace, core group written as "" (validation.go allowedTargetRefs canonicalises it).
+SERVICE_GROUP = ""
+# Ambient has no DISABLE: istiod treats it as not-STRICT (authorization.go convertedSelectorPeerAuthentications),
+# and HBONE is mTLS whatever it says; PERMISSIVE is what it does.
+AMBIENT_MTLS = {"DISABLE": "PERMISSIVE"}
+
+
+def ambient_context(policy: Policy, mesh: AmbientMesh) -> dict[str, Any]:
+    """Waypoint policies (targetRefs: the Service) with every rule, and a ztunnel policy (selector, L4
+    only) that admits the waypoint alone, on the ports something is granted on."""
+    if mesh.waypoint is None and policy.rules:
+        raise TargetError(
+            "istio: mesh.waypoint is none, but every rule names HTTP methods and paths (or gRPC methods), which "
+            "ztunnel cannot enforce: it drops ALLOW rules with HTTP fields (deny-all) and strips them from DENY "
+            "rules; name the waypoint Gateway in mesh.waypoint",
+            mesh.location,
+        )
+    service = {"targetRefs": [{"group": SERVICE_GROUP, "kind": "Service", "name": mesh.service}]}
+    policies = []
+    if mesh.waypoint is not None:
+        deny_rules = _deny_rules(policy)
+        if deny_rules:
+            policies.append(
+                {
+                    "name": f"{policy.name}-waypoint-deny",
+                    "action": "DENY",
+                    "rules": deny_rules,
+                    "annotations": {},
+                    "attachment": service,
+                }
+            )
+        policies.append(
+            {
+                "name": f"{policy.name}-waypoint-allow",
+                "action": "ALLOW",
+                "rules": istio_rules(policy, policy.rules_for("allow")),
+                "annotations": {},
+                "attachment": service,
+            }
+        )
+    policies.append(
+        {
+            "name": f"{policy.name}-ztunnel",
+            "action": "ALLOW",
+            "rules": _ztunnel_rules(policy, mesh),
+            "annotations": {},
+            "attachment": {"selector": {"matchLabels": dict(policy.selector)}},
+        }
+    )
+    # The lowered policy has no per-model gRPC grant left (withheld): no guard, no EnvoyFilter.
+    assert not inspected_methods(policy)
+    return _context(policy, policies, _request_authentication(policy, service), [], AMBIENT_MTLS)
+
+
+def _ztunnel_rules(policy: Policy, mesh: AmbientMesh) -> list[dict[str, Any]]:
+    """Only the waypoint, only on the (container) ports an allow grant is on; nothing else is L4-exact."""
+    granted: set[str] = {grant.endpoint.port for rule in policy.rules_for("allow") for grant in rule.http}
+    granted |= {"grpc" for rule in policy.rules_for("allow") if rule.grpc}
+    ports = [str(policy.port(name)) for name in PORT_NAMES if name in granted]
+    if mesh.waypoint is None or not ports:
+        return []
+    source = {"principals": [mesh.waypoint_principal(policy.namespace)]}
+    return [{"from": [{"source": source}], "to": [{"operation": {"ports": ports}}]}]
 
 
 def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -204,17 +308,18 @@ def documents(context: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     selector = {"matchLabels": context["selector"]}
     result = []
-    if context["request_authentication"]:
+    authentication = context["request_authentication"]
+    if authentication:
         result.append(
             {
                 "apiVersion": context["api_version"],
                 "kind": "RequestAuthentication",
-                "metadata": metadata(context["request_authentication"]["name"], {}),
-                "spec": {"selector": selector, "jwtRules": context["request_authentication"]["jwt_rules"]},
+                "metadata": metadata(authentication["name"], {}),
+                "spec": {**authentication["attachment"], "jwtRules": authentication["jwt_rules"]},
             }
         )
     for item in context["policies"]:
-        spec: dict[str, Any] = {"selector": selector, "action": item["action"]}
+        spec: dict[str, Any] = {**item["attachment"], "action": item["action"]}
         if item["rules"]:
             spec["rules"] = item["rules"]
         result.append(
