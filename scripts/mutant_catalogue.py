@@ -191,7 +191,11 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant(
         "istio-deny-policy-allows",
         "the DENY policy is emitted with action ALLOW",
-        one(ISTIO_PY, '"action": "DENY", "rules": deny_rules', '"action": "ALLOW", "rules": deny_rules'),
+        one(
+            ISTIO_PY,
+            '"name": f"{policy.name}-deny",\n                "action": "DENY",',
+            '"name": f"{policy.name}-deny",\n                "action": "ALLOW",',
+        ),
         ISTIO,
         ci=True,
     ),
@@ -243,7 +247,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant(
         "istio-peer-authentication-permissive",
         "PeerAuthentication ignores the spec's mode",
-        one(ISTIO_PY, '"mode": policy.mtls_mode,', '"mode": "PERMISSIVE",'),
+        one(ISTIO_PY, '"mode": mode_of.get(policy.mtls_mode, policy.mtls_mode),', '"mode": "PERMISSIVE",'),
         first("tests/test_istio.py::test_peer_authentication_enforces_the_specs_mode_on_every_port", ISTIO),
         ci=True,
     ),
@@ -692,7 +696,7 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant(
         "istio-jwt-provider-audiences-dropped",
         "the RequestAuthentication verifies a token for any audience",
-        one(ISTIO_PY, '                jwt_rule["audiences"] = list(provider.audiences)', "                pass"),
+        one(ISTIO_PY, '            jwt_rule["audiences"] = list(provider.audiences)', "            pass"),
         JWT_ISTIO,
     ),
     Mutant(
