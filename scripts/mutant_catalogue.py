@@ -280,9 +280,15 @@ CATALOGUE: tuple[Mutant, ...] = (
         first(ENVOY_CONFORMANCE + "test_matrix_matches_decide", ENVOY),
     ),
     Mutant(
-        "envoy-deny-filter-dropped",
-        "the DENY filter is not emitted",
-        one(RBAC, "    if deny:\n        filters.append(", "    if False:\n        filters.append("),
+        "envoy-deny-entries-dropped",
+        "the deny entries are not emitted",
+        one(RBAC, "[_filter(policy.name, [*deny, *allow],", "[_filter(policy.name, [*allow],"),
+        ENVOY,
+    ),
+    Mutant(
+        "envoy-allow-entries-first",
+        "allow entries come before deny entries in the first-match list: an allow beats a deny",
+        one(RBAC, "[_filter(policy.name, [*deny, *allow],", "[_filter(policy.name, [*allow, *deny],"),
         ENVOY,
     ),
     Mutant(

@@ -45,7 +45,7 @@ def _filters(policy: Policy, **kwargs: Any) -> list[dict[str, Any]]:
 
 def test_the_grpc_model_guard_comes_first_and_only_where_a_rule_limits_grpc_to_models() -> None:
     names = [f["name"] for f in yaml.safe_load(envoy_output(_policy(load_case("headers-and-ips"))))]
-    assert names == ["meshgen.grpc_model_guard", RBAC_FILTER, RBAC_FILTER]
+    assert names == ["meshgen.grpc_model_guard", RBAC_FILTER]
     without = [f["name"] for f in yaml.safe_load(envoy_output(_policy(load_case("every-category"))))]
     assert "meshgen.grpc_model_guard" not in without
 
@@ -70,17 +70,16 @@ def _action_names(value: Any) -> set[str]:
     return set()
 
 
-def test_deny_filter_comes_first_and_only_when_needed() -> None:
-    filters = _filters(_policy(load_case("headers-and-ips")))
-    # The DENY filter passes what no deny entry matches; the ALLOW filter denies it.
-    assert [_default(f) for f in filters] == ["ALLOW", "DENY"]
-    assert {
-        e["on_match"]["action"]["typed_config"]["action"] for e in _entries(filters[0]) if "action" in e["on_match"]
-    } == {"DENY"}
-    prefixes = {f["typed_config"]["rules_stat_prefix"] for f in filters}
-    assert len(prefixes) == 2
-    without_deny = _filters(_policy(load_case("identity-kinds")))
-    assert [_default(f) for f in without_deny] == ["DENY"]
+def test_one_first_match_filter_deny_entries_before_allow_entries() -> None:
+    """One RBAC filter: its first-match list holds every deny entry before every allow entry, then denies."""
+    for case in ("headers-and-ips", "identity-kinds"):
+        filters = _filters(_policy(load_case(case)))
+        assert len(filters) == 1 and _default(filters[0]) == "DENY"
+        actions = [
+            e["on_match"]["action"]["typed_config"]["action"] for e in _entries(filters[0]) if "action" in e["on_match"]
+        ]
+        assert actions == sorted(actions, key=lambda action: action != "DENY"), (case, actions)
+        assert ("DENY" in actions) == (case == "headers-and-ips"), case  # only it has deny rules
 
 
 def test_policy_names_and_identity_matchers() -> None:

@@ -40,7 +40,7 @@ NO_MTLS = Refused(
 
 class EnvoyTarget(Target[EnvoyOptions]):
     name = "envoy"
-    summary = "Envoy RBAC HTTP filters (DENY then ALLOW), or a runnable bootstrap with --bootstrap."
+    summary = "Envoy RBAC HTTP filter (deny entries, then allow entries), or a runnable bootstrap with --bootstrap."
     options_type = EnvoyOptions
     outputs = (
         OutputFile("envoy-rbac.yaml", EnvoyOptions()),

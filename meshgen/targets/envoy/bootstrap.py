@@ -1,6 +1,6 @@
 """Envoy target: RBAC HTTP filters for an existing HCM, or a complete runnable bootstrap.
 
-Filter-only output (for a mesh sidecar that terminates mTLS): the DENY and ALLOW RBAC filters over
+Filter-only output (for a mesh sidecar that terminates mTLS): the RBAC filter (deny entries first) over
 every Triton port (the OpenAI frontend's too, where the spec serves it), each permission pinned to its
 container port with ``destination_port``.
 

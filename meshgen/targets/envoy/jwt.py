@@ -8,9 +8,9 @@ filter, and a verified token is removed from the request (Triton never sees it) 
 to dynamic metadata (``envoy.filters.http.jwt_authn`` / ``payload``), which only this filter can write.
 
 An Authorization header still present after it was not read as a token (``bearer`` in lower case,
-``Basic ...``): the DENY filter refuses it (``UNREAD_AUTHORIZATION``, meshgen.targets.envoy.rbac), so no
-unverified credential ever reaches Triton or matches a rule. The RBAC predicates on the payload are the
-Jwt encoder there.
+``Basic ...``): the RBAC filter's first deny entry refuses it (``UNREAD_AUTHORIZATION``,
+meshgen.targets.envoy.rbac), so no unverified credential ever reaches Triton or matches a rule. The RBAC
+predicates on the payload are the Jwt encoder there.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Envoy RBAC HTTP filters (DENY, then ALLOW) for a compiled policy, on the unified matcher API.
+"""The Envoy RBAC HTTP filter for a compiled policy, on the unified matcher API.
 
-Each filter carries an RBAC ``matcher`` (``shadow_matcher`` for a dry run): a ``matcher_list`` whose
-entries are tried in order; an entry whose predicate matches and whose action (or nested model trie)
-matches decides; a nested trie that finds no key does NOT decide, the list goes on. Every action is
-named after the spec rule and client it comes from (``rules[2]-from[admin]``), so Envoy's dynamic
-metadata and logs name the rule that matched; ``on_no_match`` is the filter's default (ALLOW for the
-DENY filter, DENY for the ALLOW filter).
+One filter with an RBAC ``matcher`` (``shadow_matcher`` for a dry run): a first-match ``matcher_list``
+of the deny entries, then the allow entries; ``on_no_match`` denies. An entry whose predicate matches
+and whose action (or nested model trie) matches decides; a nested trie that finds no key does NOT
+decide, the list goes on. Every action is named after the spec rule and client it comes from
+(``rules[2]-from[admin]``, ``default-deny``), so Envoy's dynamic metadata and logs name the rule that
+decided.
 
 One entry per (rule, client, port/method group, path shape):
 
@@ -82,7 +82,6 @@ GRPC_METHOD = "POST"  # every gRPC call is an HTTP/2 POST
 SPIFFE = "spiffe://"
 SEGMENT = "[^/?]+"  # one non-empty path segment of the raw :path, never into the query
 QUERY = r"(?:\?.*)?"
-NO_DENY = "no-deny-rule"
 DEFAULT_DENY = "default-deny"
 
 _MODEL = "{model}"
@@ -119,24 +118,23 @@ def _json_reader(policy: Policy, port: PortName | None) -> dict[str, Any]:
 
 
 def rbac_filters(policy: Policy, *, port: PortName | None, dry_run: bool) -> list[dict[str, Any]]:
-    """HTTP filter entries: DENY (only if it has entries), then ALLOW (always: no entry = deny all).
+    """One RBAC filter whose first-match matcher holds the deny entries, then the allow entries, then
+    denies (``on_no_match``): the first entry that matches decides, so a deny entry always wins over an
+    allow entry, as in decide(). (istiod's DENY filter + ALLOW filter pair costs a second filter on every
+    request for the same decisions.)
 
     ``port`` None: every Triton port, each entry pinned to its container port with a destination-port
-    predicate (the sidecar / mesh case). ``port`` "http"|"grpc"|"metrics": only that port's grants and
-    no port predicate (one listener per port in a standalone bootstrap).
+    predicate (the sidecar / mesh case). ``port`` "http"|"grpc"|...: only that port's grants and no port
+    predicate (one listener per port in a standalone bootstrap).
     """
-    filters: list[dict[str, Any]] = []
     deny = _entries(policy, policy.rules_for("deny"), port, "DENY")
     if policy.jwt_providers:
         # jwt_authn removes every token it verified: an Authorization header left is a credential it did
         # not read (another scheme, "bearer" in lower case), never to be passed on or trusted.
         unread = _header(AUTHORIZATION, {"safe_regex": _regex(".*")})
         deny.insert(0, {"predicate": unread, "on_match": _action(UNREAD_AUTHORIZATION, "DENY")})
-    if deny:
-        filters.append(_filter(f"{policy.name}-deny", deny, _action(NO_DENY, "ALLOW"), port, dry_run))
     allow = _entries(policy, policy.rules_for("allow"), port, "ALLOW")
-    filters.append(_filter(f"{policy.name}-allow", allow, _action(DEFAULT_DENY, "DENY"), port, dry_run))
-    return filters
+    return [_filter(policy.name, [*deny, *allow], _action(DEFAULT_DENY, "DENY"), port, dry_run)]
 
 
 def _filter(
