@@ -139,8 +139,10 @@ def provider_key(seed: str, kind: KeyType = "RSA") -> SigningKey:
 
 
 def claims(
-    iss: str, sub: str | None = None, aud: str | list[str] | None = None, lifetime: int = 600, **extra: Any
+    iss: str, sub: str | None = None, aud: str | list[str] | None = None, lifetime: int = 6 * 3600, **extra: Any
 ) -> dict[str, Any]:
+    """A token body valid from now for ``lifetime`` seconds. Modules mint tokens at import, and a full run
+    takes about 20 minutes: the default outlives any run (a 10-minute default expired mid-CI)."""
     now = int(time.time())
     body: dict[str, Any] = {"iss": iss}
     if sub is not None:
