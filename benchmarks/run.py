@@ -92,7 +92,7 @@ def validate_rows(directory: Path, models: int, clients: int) -> list[Row]:
 
     spec = write_spec(directory, models, clients, mtls=False)
     rows: list[Row] = []
-    config = directory / "validate-envoy.yaml"
+    config = directory / "validate-envoy.json"
     subprocess.run(
         [sys.executable, "-m", "meshgen", "envoy", "--bootstrap", str(spec), "-o", str(config)],
         check=True,
@@ -212,7 +212,7 @@ def main() -> int:
         sizes, clients, dp_sizes, duration, pairs, runs, largest = (
             [10, 100, 1000, 5000],
             [10, 100],
-            [10, 100, 1000],
+            [10, 100, 1000, 5000],
             5.0,
             3,
             15,
@@ -251,7 +251,18 @@ def main() -> int:
                 table(
                     "Data plane (ratio = req/s with policy / without; h2c, --concurrency 1)",
                     rows,
-                    ["target", "models", "ratio", "p50_ms", "p99_ms", "rps", "base_rps", "note"],
+                    [
+                        "target",
+                        "models",
+                        "ratio",
+                        "cpu_us",
+                        "base_cpu_us",
+                        "p50_ms",
+                        "p99_ms",
+                        "rps",
+                        "base_rps",
+                        "note",
+                    ],
                 )
             )
             from benchmarks import envoy_inspection as inspection

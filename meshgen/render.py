@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 from functools import cache
 from importlib import resources
@@ -142,23 +144,140 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     the next line, so templates write ``key: {{ value | yaml(2) }}`` at any depth.
     """
     if isinstance(value, dict | list) and value:
-        text = yaml.dump(
-            value,
-            Dumper=_Dumper,
-            sort_keys=False,
-            default_flow_style=False,
-            allow_unicode=False,
-            width=_WIDTH,
-            indent=2,
-        )
-        pad = " " * (indent + 2)
-        return "\n" + "".join(pad + line + "\n" for line in text.splitlines()).rstrip("\n")
+        lines: list[str] = []
+        try:
+            _block(value, " " * (indent + 2), "", lines)
+        except _NotFast:
+            pad = " " * (indent + 2)
+            return "\n" + "".join(pad + line + "\n" for line in _dump_block(value).splitlines()).rstrip("\n")
+        return "\n" + "\n".join(lines)
     # Double quotes keep control characters escaped on one line wherever the token is placed.
     style = '"' if isinstance(value, str) and not value.isprintable() else None
     text = yaml.dump(
         [value], Dumper=_Dumper, default_flow_style=True, allow_unicode=False, width=_WIDTH, default_style=style
     )
     return text.strip()[1:-1]
+
+
+def _dump_block(value: Any) -> str:
+    """PyYAML's block-style dump of a non-empty collection: the text ``_block`` reproduces."""
+    return yaml.dump(
+        value,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=False,
+        width=_WIDTH,
+        indent=2,
+    )
+
+
+class _NotFast(Exception):
+    """A value ``_block`` does not write itself (a multi-line string, a float, a long key): PyYAML does."""
+
+
+# Scalars PyYAML writes plain in block context: no indicator first, no ': ' or ' #', ASCII, one line.
+# Whether the resolver then reads them back as strings (not 8000, null, .inf) is asked of PyYAML itself.
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./\-]*")
+_RESOLVER = yaml.resolver.Resolver()
+
+
+_LONG_KEY = 100  # PyYAML writes a key of 128+ characters as "? key": leave those to PyYAML
+
+
+@cache
+def _string_token(value: str, key: bool) -> str:
+    """How PyYAML writes this string as a block mapping key (``key``) or as a block value / list item."""
+    if (
+        _PLAIN.fullmatch(value)
+        and value.lower() not in _YAML11_BOOLEANS
+        and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG  # type: ignore[no-untyped-call]
+    ):
+        if key and len(value) > _LONG_KEY:
+            raise _NotFast
+        return value
+    # Anything else: ask PyYAML, in the same context.
+    text = _dump_block({value: 0} if key else {"k": value})
+    token = text[: -len(": 0\n")] if key else text[len("k: ") : -1]
+    if "\n" in token or (key and (not text.endswith(": 0\n") or token.startswith("?"))):
+        raise _NotFast
+    return token
+
+
+def yaml_block(value: dict[str, Any] | list[Any]) -> str:
+    """A whole block-style document (a non-empty collection at column 0): exactly PyYAML's dump."""
+    lines: list[str] = []
+    try:
+        _block(value, "", "", lines)
+    except _NotFast:
+        return _dump_block(value)
+    return "\n".join(lines) + "\n"
+
+
+def _block(value: Any, indent: str, first: str, lines: list[str]) -> None:
+    """PyYAML's block layout of a non-empty collection at column ``len(indent)``, one string per line.
+
+    ``first`` replaces the indentation of the first line (the "- " of an enclosing sequence item). Mappings
+    keep insertion order; a list under a key is not indented (PyYAML's default); empty collections are
+    flow ``{}`` / ``[]``. A value this code does not write itself (a multi-line string, a float, a long
+    key) is dumped by PyYAML alone and indented into place: PyYAML's layout is relative to the enclosing
+    indentation, and it writes an empty line of a block scalar without any. ``tests/test_render.py``
+    checks the text equals PyYAML's dump of the whole value.
+    """
+    if type(value) is dict:
+        lead = first
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotFast
+            head = (lead or indent) + _string_token(key, True) + ":"
+            lead = ""
+            kind = type(item)
+            if kind is dict and item:
+                lines.append(head)
+                _nested(item, indent + "  ", "", lines)
+            elif kind is list and item:
+                lines.append(head)
+                _nested(item, indent, "", lines)
+            else:
+                lines.append(head + " " + _flow_leaf(item))
+        return
+    if type(value) is not list:
+        raise _NotFast
+    lead = first
+    for item in value:
+        dash = (lead or indent) + "- "
+        lead = ""
+        kind = type(item)
+        if kind in (dict, list) and item:
+            _nested(item, indent + "  ", dash, lines)
+        else:
+            lines.append(dash + _flow_leaf(item))
+
+
+def _nested(value: Any, indent: str, first: str, lines: list[str]) -> None:
+    mark = len(lines)
+    try:
+        _block(value, indent, first, lines)
+    except _NotFast:
+        del lines[mark:]
+        dumped = _dump_block(value).split("\n")[:-1]
+        lines.append((first or indent) + dumped[0])
+        lines += [indent + line if line else line for line in dumped[1:]]
+
+
+def _flow_leaf(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return _string_token(value, False)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "null"
+    if (kind is dict or kind is list) and not value:
+        return "{}" if kind is dict else "[]"
+    raise _NotFast
 
 
 def yaml_document(document: dict[str, Any]) -> str:
@@ -168,6 +287,63 @@ def yaml_document(document: dict[str, Any]) -> str:
         text = to_yaml(value, 0)
         lines.append(f"{key}:{text}\n" if text.startswith("\n") else f"{key}: {text}\n")
     return "".join(lines)
+
+
+_JSON_LINE = 200  # a JSON object or array whose compact form is at most this long stays on one line
+
+
+def json_document(value: Any) -> str:
+    """``value`` as JSON, laid out for review: a container whose one-line form is short stays on one line.
+
+    Envoy reads a ``.json`` bootstrap with its JSON parser; a ``.yaml`` one goes through yaml-cpp, which
+    held 687 MB to validate the 5,000-model bootstrap that the JSON parser loads in 113 MB. One line per
+    small object (a per-model map entry, a matcher input) keeps diffs per grant. Strings are written by
+    the json module's ASCII encoder, so ``json.loads`` of the text is ``value``.
+    """
+    return _json_layout(value, "\n")[0] + "\n"
+
+
+def _json_layout(value: Any, newline: str) -> tuple[str, bool]:
+    """(text, whether it is one line) of ``value``, whose lines continue with ``newline`` (its indentation).
+
+    Bottom-up: each child is laid out once, one level deeper; a container is one line when every child is
+    and the line is short, else one child per line.
+    """
+    kind = type(value)
+    if kind is dict or kind is list:
+        if not value:
+            return ("{}" if kind is dict else "[]"), True
+        inner = newline + "  "
+        items = []
+        one_line = True
+        for key, item in value.items() if kind is dict else ((None, item) for item in value):
+            text, flat = _json_layout(item, inner)
+            if key is not None:
+                if type(key) is not str:
+                    raise TypeError(f"not a JSON object key: {key!r}")
+                text = _json_string(key) + ": " + text
+            items.append(text)
+            one_line = one_line and flat
+        opening, closing = ("{", "}") if kind is dict else ("[", "]")
+        if one_line:
+            line = opening + ", ".join(items) + closing
+            if len(line) <= _JSON_LINE:
+                return line, True
+        return opening + inner + ("," + inner).join(items) + newline + closing, False
+    if kind is str:
+        return _json_string(value), True
+    if kind is bool:
+        return ("true" if value else "false"), True
+    if kind is int or kind is float or value is None:
+        return json.dumps(value, allow_nan=False), True
+    raise TypeError(f"not a JSON value: {value!r}")
+
+
+_json_string = json.encoder.encode_basestring_ascii
+
+
+def load_json(text: str) -> Any:
+    return json.loads(text)
 
 
 def comment(value: object) -> str:

@@ -56,6 +56,7 @@ COMPILE = "meshgen/policy/compile.py"
 CONTRACT_PY = "meshgen/targets/contract.py"
 ISTIO_PY = "meshgen/targets/istio/policies.py"
 RBAC = "meshgen/targets/envoy/rbac.py"
+RENDER = "meshgen/render.py"
 BOOTSTRAP = "meshgen/targets/envoy/bootstrap.py"
 NGINX_CONFIG = "meshgen/targets/nginx/config.py"
 NGINX_FLAGS = "meshgen/targets/nginx/flags.py"
@@ -327,10 +328,28 @@ CATALOGUE: tuple[Mutant, ...] = (
         "per-model grants lose their client identity (AND -> OR)",
         one(
             RBAC,
-            '"predicate": _all([*self._guarded(prefix), *identity, gate]),',
-            '"predicate": _all([*self._guarded(prefix), gate]),',
+            "yield kind.map_field, tuple(trie.keys), _all([*self._guarded(prefix), *identity, gate])",
+            "yield kind.map_field, tuple(trie.keys), _all([*self._guarded(prefix), gate])",
         ),
         ENVOY,
+    ),
+    Mutant(
+        "envoy-trie-merged-across-methods-by-form-only",
+        "tries of one client merge by key form alone and lose their model keys (per-model grants denied)",
+        one(
+            RBAC,
+            "tries.setdefault((map_field, keys), []).append(predicate)",
+            "tries.setdefault((map_field, ()), []).append(predicate)",
+        ),
+        ENVOY,
+    ),
+    Mutant(
+        "render-yaml11-booleans-plain",
+        "the fast YAML emitter writes y/n/on/off plain: yaml-cpp and go-yaml read a header value 'n' as false",
+        one(
+            RENDER, "        and value.lower() not in _YAML11_BOOLEANS\n        and _RESOLVER", "        and _RESOLVER"
+        ),
+        ("tests/test_render.py", "tests/test_targets.py"),
     ),
     Mutant(
         "envoy-stats-exclusion-dropped",

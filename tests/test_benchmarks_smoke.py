@@ -26,6 +26,6 @@ def test_benchmark_smoke_prints_one_table() -> None:
     assert "| 30 | 3 |" in out  # the largest smoke size made it into the compile table
     assert "| envoy --mode validate | 30 | 3 |" in out
     if "--skip-dataplane" not in args:
-        assert "| envoy | 10 |" in out
+        assert "| envoy http | 10 |" in out and "| envoy grpc | 10 |" in out, out
         assert "## gRPC model guard" in out and "| per-model | 100 B |" in out, out
         assert "gRPC inspection" not in out, out  # no section of it failed

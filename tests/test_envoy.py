@@ -182,7 +182,7 @@ def _bootstrap_for(case: str, directory: Path, ca: TestCA | None, dry_run: bool 
     text = envoy_output(
         policy, bootstrap=True, listen=addresses, upstream=addresses, admin=f"127.0.0.1:{free_port()}", dry_run=dry_run
     )
-    path = directory / f"{case}{'-dry-run' if dry_run else ''}.yaml"
+    path = directory / f"{case}{'-dry-run' if dry_run else ''}.json"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -216,6 +216,6 @@ def test_bootstrap_passes_envoy_validate(case: str, dry_run: bool, tmp_path: Pat
 def test_golden_bootstrap_passes_envoy_validate(case: str) -> None:
     from tests.support.goldens import GOLDEN_DIR
 
-    result = validate(GOLDEN_DIR / case / "envoy-bootstrap.yaml")
+    result = validate(GOLDEN_DIR / case / "envoy-bootstrap.json")
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "Deprecated field" not in output, output

@@ -111,7 +111,7 @@ def start_spec(loaded: LoadedSpec, directory: Path, *, dry_run: bool = False) ->
             admin=f"127.0.0.1:{admin_port}",
             dry_run=dry_run,
         )
-        config = directory / "envoy.yaml"
+        config = directory / "envoy.json"
         config.write_text(text, encoding="utf-8")
         enforced = enforced_by(ENVOY, policy, EnvoyOptions(bootstrap=True, dry_run=dry_run))
         with EnvoyProcess(config, admin_port, directory / "envoy.log"):

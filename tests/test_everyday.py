@@ -153,7 +153,7 @@ def test_all_writes_everything_and_check_detects_drift(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        ["istio.yaml", "envoy-rbac.yaml", "envoy-bootstrap.yaml", "nginx.conf", "triton-args.txt", "kustomization.yaml"]
+        ["istio.yaml", "envoy-bootstrap.json", "envoy-rbac.yaml", "nginx.conf", "triton-args.txt", "kustomization.yaml"]
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert meshgen("all", EDGE, "-o", str(out)).returncode == 0
@@ -166,6 +166,16 @@ def test_all_writes_everything_and_check_detects_drift(tmp_path: Path) -> None:
     assert stale.returncode == 1
     assert "--- a/istio.yaml" in stale.stdout and "+++ b/nginx.conf" in stale.stdout
     assert (out / "istio.yaml").read_text() == "stale\n"  # --check writes nothing
+
+
+def test_all_removes_files_earlier_versions_wrote(tmp_path: Path) -> None:
+    """An upgrade never leaves a stale policy beside the current one: the YAML bootstrap became JSON."""
+    assert meshgen("all", EDGE, "-o", str(tmp_path)).returncode == 0
+    (tmp_path / "envoy-bootstrap.yaml").write_text("static_resources: {}\n")
+    stale = meshgen("all", EDGE, "-o", str(tmp_path), "--check")
+    assert stale.returncode == 1 and "--- a/envoy-bootstrap.yaml" in stale.stdout, stale.stdout
+    assert meshgen("all", EDGE, "-o", str(tmp_path)).returncode == 0
+    assert not (tmp_path / "envoy-bootstrap.yaml").exists() and (tmp_path / "envoy-bootstrap.json").is_file()
 
 
 def test_all_skips_what_the_spec_cannot_express(tmp_path: Path) -> None:

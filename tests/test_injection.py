@@ -130,7 +130,7 @@ def envoy_valid(loaded: LoadedSpec) -> None:
     except TargetError:
         return  # e.g. principals without standalone.tls: refused, never widened
     with tempfile.TemporaryDirectory() as directory:
-        config = Path(directory) / "envoy.yaml"
+        config = Path(directory) / "envoy.json"
         config.write_text(text)
         result = envoy_validate(config)
         assert result.returncode == 0 and "Deprecated field" not in result.stdout + result.stderr, result.stderr

@@ -105,7 +105,7 @@ def envoy_in_front(loaded: LoadedSpec, directory: Path, backend: OpenAIBackend) 
         upstream={port: f"127.0.0.1:{backend.port}" for port in PORTS},
         admin=f"127.0.0.1:{admin}",
     )
-    config = directory / "envoy.yaml"
+    config = directory / "envoy.json"
     config.write_text(text, encoding="utf-8")
     enforced = enforced_by(ENVOY, policy)
     with EnvoyProcess(config, admin, directory / "envoy.log"):

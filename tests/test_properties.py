@@ -299,7 +299,7 @@ def test_envoy_bootstraps_pass_envoy_validate(tmp_path_factory: pytest.TempPathF
                 bootstrap(compile_policy(loaded), dry_run)
             assert any(f"client '{name}' (used by " in str(refused.value) for name in mtls_clients)
             loaded = with_tls(loaded, envoy_tls)
-        config = directory / f"bootstrap-{len(configs):05d}.yaml"
+        config = directory / f"bootstrap-{len(configs):05d}.json"
         config.write_text(bootstrap(compile_policy(loaded), dry_run), encoding="utf-8")
         configs.append(config)
         sources[config.name] = generated.to_yaml()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from meshgen.render import _Dumper, load_yaml, load_yaml_all, to_yaml
+from meshgen.render import _dump_block, _Dumper, json_document, load_yaml, load_yaml_all, to_yaml, yaml_block
+from tests.support.goldens import GOLDEN_DIR
 
 TRICKY_TEXTS = [
     "a: 1\nb: true\nc: null\nd: ~\ne: 1.5\nf: 0x1F\ng: '1'\nh: 2001-12-14\n",
@@ -75,3 +79,94 @@ def test_dumper_equals_generic_representer(value: Any, options: dict[str, Any]) 
 def test_to_yaml_round_trips() -> None:
     value = {"k": ["y", "n", "1", {"m": "v"}], "e": {}}
     assert load_yaml("key:" + to_yaml(value, 0) + "\n") == {"key": value}
+
+
+# --- the emitters whose outputs are not parsed back at run time (Rendered.emitted) --------------------
+
+# Strings an attacker controls reach the output (header values, model names in JSON bodies, JWT claims):
+# every character class, indicators at every position, YAML 1.1 booleans and numbers, long keys.
+HOSTILE_STRINGS = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "y",
+            "N",
+            "on",
+            "Off",
+            "null",
+            "~",
+            "8000",
+            "0x1f",
+            "1e3",
+            ".inf",
+            "2026-12-01",
+            "=",
+            "<<",
+            "-",
+            "- a",
+            "a: b",
+            "a:",
+            "a #b",
+            "#a",
+            "@type",
+            ":path",
+            "[x]",
+            "{y}",
+            "|",
+            ">",
+            "'q'",
+            '"d"',
+            "a\nb",
+            "tail\n",
+            "\u2028",
+            "\x85",
+            "\ufeff",
+            "\x7f",
+            "\U0001f600",
+            " lead",
+            "trail ",
+            "x" * 140,
+            "/v2/models/m/",
+        ]
+    ),
+)
+TREES = st.recursive(
+    st.one_of(HOSTILE_STRINGS, st.integers(), st.booleans(), st.none()),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(HOSTILE_STRINGS, children, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400)
+@given(
+    value=st.one_of(
+        st.lists(TREES, min_size=1, max_size=4), st.dictionaries(HOSTILE_STRINGS, TREES, min_size=1, max_size=4)
+    )
+)
+def test_yaml_block_is_pyyaml_and_round_trips(value: Any) -> None:
+    text = yaml_block(value)
+    assert text == _dump_block(value)
+    assert yaml.safe_load(text) == value
+    assert load_yaml("key:" + to_yaml(value, 0) + "\n") == {"key": value}
+
+
+@settings(max_examples=400)
+@given(value=TREES)
+def test_json_document_round_trips(value: Any) -> None:
+    assert json.loads(json_document(value)) == value
+
+
+def test_emitters_reproduce_every_golden() -> None:
+    """Every YAML document of every golden, written again by the fast emitter: byte for byte PyYAML's."""
+    documents = [
+        document
+        for path in sorted(GOLDEN_DIR.glob("*/*.yaml"))
+        for document in load_yaml_all(path.read_text(encoding="utf-8"))
+        if isinstance(document, dict | list) and document
+    ]
+    assert len(documents) > 100
+    for document in documents:
+        assert yaml_block(document) == _dump_block(document)
+    for path in sorted(GOLDEN_DIR.glob("*/*.json")):
+        text = path.read_text(encoding="utf-8")
+        assert json_document(json.loads(text)) == text

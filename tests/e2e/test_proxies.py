@@ -83,7 +83,7 @@ def _proxy(target: str, loaded: LoadedSpec, triton: TritonServer, directory: Pat
     policy = compile_policy(loaded)
     if target == "envoy":
         admin_port = free_port()
-        config = directory / "envoy.yaml"
+        config = directory / "envoy.json"
         config.write_text(
             envoy_output(policy, bootstrap=True, listen=listen, upstream=upstream, admin=f"127.0.0.1:{admin_port}"),
             encoding="utf-8",

@@ -44,7 +44,7 @@ class EnvoyTarget(Target[EnvoyOptions]):
     options_type = EnvoyOptions
     outputs = (
         OutputFile("envoy-rbac.yaml", EnvoyOptions()),
-        OutputFile("envoy-bootstrap.yaml", EnvoyOptions(bootstrap=True), optional=True),
+        OutputFile("envoy-bootstrap.json", EnvoyOptions(bootstrap=True), optional=True),
     )
     variants = (Variant("envoy-rbac.yaml", "dry-run", EnvoyOptions(dry_run=True)),)
     implementation = "meshgen.targets.envoy.bootstrap"

@@ -23,7 +23,9 @@ One entry per (rule, client, port/method group, path shape):
   /v2/models/``, ``/v2/repository/``; implied by the gate, so it changes no decision): a request for
   another endpoint leaves the entry after one string compare, before the identity and the gate regex.
   Lookup cost does not grow with the number of models, and no regex holds a model list, so the
-  output never needs a raised RE2 program-size limit.
+  output never needs a raised RE2 program-size limit. A client's tries with the same keys (inference
+  over POST and metadata over GET both key ``/v2/models/<model>/``) are one entry whose predicate is
+  either group's: each model is written once per key form.
 - endpoints whose model segment follows a variable segment (``/v2/repository/{repo}/models/{model}/
   load``) cannot be keyed by a prefix; they get one small regex per model behind their own shape
   gate, so only requests of that shape pay for it.
@@ -178,8 +180,22 @@ def _entries(
         )
         for client_name, identity in clients:
             on_match = _action(f"{rule.label}-from[{client_name}]", action)
+            # One trie per key set: groups of other methods (infer is POST, metadata GET) key the same
+            # models the same way, so their gates share one map. Every entry of this client carries the
+            # same action, so where an entry sits among them changes no decision.
+            tries: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
             for group in groups:
                 entries.extend(group.entries(identity, on_match, deny=action == "DENY"))
+                for map_field, keys, predicate in group.trie_predicates(identity):
+                    tries.setdefault((map_field, keys), []).append(predicate)
+            for (map_field, keys), predicates in tries.items():
+                tree = {map_field: {"map": dict.fromkeys(keys, on_match)}}
+                entries.append(
+                    {
+                        "predicate": _any(predicates),
+                        "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}},
+                    }
+                )
     return entries
 
 
@@ -280,26 +296,16 @@ class _Group:
     def entries(
         self, identity: list[dict[str, Any]], on_match: dict[str, Any], *, deny: bool = False
     ) -> list[dict[str, Any]]:
-        head = [*self.head, *identity]
+        # The path right after :method (and port), the identity after it: a request for another
+        # endpoint leaves the entry after string compares, before an identity check (the source-IP
+        # matcher formats and parses the peer address on every evaluation).
+        head = self.head
         result: list[dict[str, Any]] = []
         if self.static:
-            conditions = [*head, _any(self.static)]
+            conditions = [*head, _any(self.static), *identity]
             if self.excluded:
                 conditions.append({"not_matcher": _any([p for path in self.excluded for p in _literal(path)])})
             result.append({"predicate": _all(conditions), "on_match": on_match})
-        # Per-model entries: a literal-prefix guard on :path (implied by the gate regexes, which all
-        # start with that literal) comes right after :method, so a request for another endpoint
-        # leaves the entry after one string compare instead of running the identity checks and
-        # every gate regex.
-        for (prefix, kind), trie in self.tries.items():
-            gate = _any([_path({"safe_regex": _regex(g)}) for g in trie.gates])
-            tree = {kind.map_field: {"map": dict.fromkeys(trie.keys, on_match)}}
-            result.append(
-                {
-                    "predicate": _all([*self._guarded(prefix), *identity, gate]),
-                    "on_match": {"matcher": {"matcher_tree": {"input": _path_input(), **tree}}},
-                }
-            )
         for gate_regex, fallback in self.fallback.items():
             nested = {
                 "matcher_list": {
@@ -317,10 +323,23 @@ class _Group:
                 }
             )
         for models, methods in self.grpc_models.items():
-            result += _grpc_model_entries(head, methods, models, on_match, deny)
+            result += _grpc_model_entries(head, identity, methods, models, on_match, deny)
         for models, paths in self.json_models.items():
-            result += _json_model_entries(head, paths, models, on_match, deny)
+            result += _json_model_entries(head, identity, paths, models, on_match, deny)
         return result
+
+    def trie_predicates(self, identity: list[dict[str, Any]]) -> Iterable[tuple[str, tuple[str, ...], dict[str, Any]]]:
+        """(map field, trie keys, predicate) of each per-model trie; the caller writes one entry per key set.
+
+        The literal-prefix guard on :path (implied by the gate regexes, which all start with that literal)
+        comes right after :method, so a request for another endpoint leaves the predicate after one string
+        compare instead of running the identity checks and every gate regex.
+        """
+        for (prefix, kind), trie in self.tries.items():
+            # One RE2 program for every shape (a full match of the alternation is a full match of one
+            # of them): one regex run per request instead of one per shape.
+            gate = _path({"safe_regex": _regex(trie.gates[0] if len(trie.gates) == 1 else _alternation(trie.gates))})
+            yield kind.map_field, tuple(trie.keys), _all([*self._guarded(prefix), *identity, gate])
 
     def _guarded(self, literal: str) -> list[dict[str, Any]]:
         """``:method``, the literal-prefix guard on :path, then the destination port (filter output)."""
@@ -361,7 +380,12 @@ def _groups(policy: Policy, rule: PolicyRule, port: PortName | None) -> list[_Gr
 
 
 def _grpc_model_entries(
-    head: list[dict[str, Any]], methods: list[str], models: tuple[str, ...], on_match: dict[str, Any], deny: bool
+    head: list[dict[str, Any]],
+    identity: list[dict[str, Any]],
+    methods: list[str],
+    models: tuple[str, ...],
+    on_match: dict[str, Any],
+    deny: bool,
 ) -> list[dict[str, Any]]:
     """Entries for methods limited to ``models``, named in the request message (the guard's metadata).
 
@@ -370,7 +394,7 @@ def _grpc_model_entries(
     which only the guard writes, worthless). A deny also applies when the name is unproven, and when the
     guard did not run at all (fail closed).
     """
-    call = [*head, _any([_path({"exact": path}) for path in methods])]
+    call = [*head, _any([_path({"exact": path}) for path in methods]), *identity]
     lookup = {
         "matcher_tree": {
             "input": _header_input(MODEL_HEADER),
@@ -386,17 +410,22 @@ def _grpc_model_entries(
 
 
 def _json_model_entries(
-    head: list[dict[str, Any]], paths: list[str], models: tuple[str, ...], on_match: dict[str, Any], deny: bool
+    head: list[dict[str, Any]],
+    identity: list[dict[str, Any]],
+    paths: list[str],
+    models: tuple[str, ...],
+    on_match: dict[str, Any],
+    deny: bool,
 ) -> list[dict[str, Any]]:
     """Entries for OpenAI routes limited to ``models``, named by the JSON body (json_to_metadata's metadata).
 
     Only a string value can match; a deny also applies when there is none (unproven: fail closed).
     """
-    route = _any([p for path in paths for p in _literal(path)])
-    entries = [{"predicate": _all([*head, route, _json_model(_one_of(models))]), "on_match": on_match}]
+    route = [*head, _any([p for path in paths for p in _literal(path)]), *identity]
+    entries = [{"predicate": _all([*route, _json_model(_one_of(models))]), "on_match": on_match}]
     if deny:
         unproven = {"not_matcher": _json_model({"string_match": {"safe_regex": {"regex": ".+"}}})}
-        entries.append({"predicate": _all([*head, route, unproven]), "on_match": on_match})
+        entries.append({"predicate": _all([*route, unproven]), "on_match": on_match})
     return entries
 
 
@@ -454,7 +483,7 @@ def _guarded_only_where_needed(policy: Policy, guard: dict[str, Any], port: Port
                 continue
             who = [[]] if rule.clients is None else [identity_predicates(client) for client in rule.clients]
             call = _any([_path({"exact": path}) for path in dict.fromkeys(paths)])
-            found += [_all([*head, *identity, call]) for identity in who]
+            found += [_all([*head, call, *identity]) for identity in who]
         return found
 
     def either(predicates: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -470,6 +499,9 @@ def _guarded_only_where_needed(policy: Policy, guard: dict[str, Any], port: Port
     inspect = _any(depends)
     if deny_any is not None:
         inspect = _all([inspect, {"not_matcher": deny_any}])
+    # Every predicate above names an inspected method: checking the method first (after :method, on the
+    # filter output the port) lets every other call skip the guard after a few string compares.
+    inspect = _all([*head, _any([_path({"exact": path}) for path in sorted(methods)]), inspect])
     skip = {"action": {"name": "skip", "typed_config": {"@type": SKIP_FILTER_TYPE}}}
     return {
         "name": guard["name"],
@@ -492,6 +524,10 @@ def path_predicates(pattern: tuple[str, ...]) -> list[dict[str, Any]]:
 def _literal(path: str) -> list[dict[str, Any]]:
     # The raw :path is P itself or P followed by a query string.
     return [_path({"exact": path}), _path({"prefix": path + "?"})]
+
+
+def _alternation(regexes: list[str]) -> str:
+    return "|".join(f"(?:{regex})" for regex in regexes)
 
 
 def _segment_regex(segment: str) -> str:
