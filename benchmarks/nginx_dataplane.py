@@ -104,7 +104,7 @@ class _Nginx:
         self.process = subprocess.Popen(
             [NGINX, "-p", str(prefix), "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_until_ready(self.process, lambda: listening(port), 10, "nginx")
+        wait_until_ready(self.process, lambda: listening(port), 120, "nginx")  # 5,000 models: ~15 s
 
     def stop(self) -> None:
         stop_process(self.process)
