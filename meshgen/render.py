@@ -145,11 +145,7 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     """
     if isinstance(value, dict | list) and value:
         lines: list[str] = []
-        try:
-            _block(value, " " * (indent + 2), "", lines)
-        except _NotFast:
-            pad = " " * (indent + 2)
-            return "\n" + "".join(pad + line + "\n" for line in _dump_block(value).splitlines()).rstrip("\n")
+        _nested(value, " " * (indent + 2), "", lines)
         return "\n" + "\n".join(lines)
     # Double quotes keep control characters escaped on one line wherever the token is placed.
     style = '"' if isinstance(value, str) and not value.isprintable() else None
@@ -207,10 +203,7 @@ def _string_token(value: str, key: bool) -> str:
 def yaml_block(value: dict[str, Any] | list[Any]) -> str:
     """A whole block-style document (a non-empty collection at column 0): exactly PyYAML's dump."""
     lines: list[str] = []
-    try:
-        _block(value, "", "", lines)
-    except _NotFast:
-        return _dump_block(value)
+    _nested(value, "", "", lines)
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +248,7 @@ def _block(value: Any, indent: str, first: str, lines: list[str]) -> None:
 
 
 def _nested(value: Any, indent: str, first: str, lines: list[str]) -> None:
+    """``_block``, or where it cannot write ``value`` itself, PyYAML's dump of it indented into place."""
     mark = len(lines)
     try:
         _block(value, indent, first, lines)

@@ -57,7 +57,7 @@ def render(policy: Policy, options: EnvoyOptions) -> Rendered:
 
 
 def parse_back(text: str) -> object:
-    # The bootstrap is JSON, and JSON is YAML: one reader checks both outputs.
+    # One module renders both outputs: the bootstrap is JSON (an object), the filters YAML (a comment first).
     return load_json(text) if text.startswith("{") else load_yaml(text)
 
 
